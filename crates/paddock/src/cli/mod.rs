@@ -1,0 +1,97 @@
+//! The command line: raw arguments are parsed by clap here, then resolved into library calls.
+//!
+//! `ros` is a multi-call binary: the name it was invoked as (argv[0]) picks the tool. Today
+//! only `ros` itself exists; `init`, `system-docker` and friends join as they are built.
+
+mod config;
+mod image;
+mod output;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::root::Root;
+
+/// Paddock's control tool.
+#[derive(Debug, Parser)]
+#[command(name = "ros", version, about = "Paddock control tool", propagate_version = true)]
+pub struct Cli {
+    /// Work below DIR instead of `/` (every path ros reads or writes is prefixed with it).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/", env = "ROS_ROOT")]
+    pub root: PathBuf,
+
+    /// The system engine's data directory (as the running OS sees it).
+    #[arg(long, global = true, value_name = "DIR", default_value = crate::image::store::DEFAULT_DATA_ROOT)]
+    pub data_root: String,
+
+    /// Log more (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the system engine's images (pull, load, save, list, remove, ...).
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Read, change and validate the cloud-config.
+    #[command(subcommand, alias = "c")]
+    Config(config::ConfigCmd),
+}
+
+/// What every subcommand gets besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub root: Root,
+    pub data_root: String,
+}
+
+/// Entry point of the `ros` binary. Never panics on bad input: every failure is an error
+/// message on stderr and a non-zero exit status.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout and errors to stderr itself.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_logging(cli.verbose);
+    let ctx = Context { root: Root::new(cli.root.clone()), data_root: cli.data_root.clone() };
+    let result = match cli.command {
+        Command::Image(cmd) => image::run(cmd, &ctx),
+        Command::Config(cmd) => config::run(cmd, &ctx),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ros: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
