@@ -28,11 +28,17 @@ pub enum Format {
 }
 
 fn invalid(what: impl Into<String>, why: impl Into<String>) -> StoreError {
-    StoreError::Invalid { what: what.into(), why: why.into() }
+    StoreError::Invalid {
+        what: what.into(),
+        why: why.into(),
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Joins `rel` (a path an archive names) to `dir`, refusing anything that could leave `dir`:
@@ -48,7 +54,12 @@ pub fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, StoreError> {
                 }
             }
             Component::CurDir => {}
-            _ => return Err(invalid(rel, "archive path must be relative and stay inside the archive")),
+            _ => {
+                return Err(invalid(
+                    rel,
+                    "archive path must be relative and stay inside the archive",
+                ));
+            }
         }
     }
     Ok(p)
@@ -57,7 +68,12 @@ pub fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, StoreError> {
 /// Loads every image in `input` (a docker-archive or OCI archive file, possibly gzipped, or an
 /// OCI layout / extracted archive directory; `-` is stdin). `tag` names the image when the
 /// archive holds exactly one.
-pub fn load(store: &Store, input: &Path, tag: Option<&str>, progress: &dyn Progress) -> Result<Vec<Image>, StoreError> {
+pub fn load(
+    store: &Store,
+    input: &Path,
+    tag: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<Image>, StoreError> {
     if input.is_dir() {
         return load_dir(store, input, tag, progress);
     }
@@ -70,25 +86,45 @@ pub fn load(store: &Store, input: &Path, tag: Option<&str>, progress: &dyn Progr
 }
 
 /// Loads from an archive stream (tar, tar.gz or tar.zst).
-pub fn load_reader(store: &Store, reader: impl Read, tag: Option<&str>, progress: &dyn Progress) -> Result<Vec<Image>, StoreError> {
+pub fn load_reader(
+    store: &Store,
+    reader: impl Read,
+    tag: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<Image>, StoreError> {
     let mut r = io::BufReader::with_capacity(256 * 1024, reader);
     let head = io::BufRead::fill_buf(&mut r).map_err(|e| invalid("archive", e.to_string()))?;
     let c = Compression::sniff(head);
     let scratch = store.scratch_dir("load")?;
     let tar = unpack::decompress(r, c).map_err(|e| invalid("archive", e.to_string()))?;
-    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|source| StoreError::Unpack { what: "archive".into(), source })?;
+    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|source| {
+        StoreError::Unpack {
+            what: "archive".into(),
+            source,
+        }
+    })?;
     load_dir(store, &scratch.0, tag, progress)
 }
 
 /// Loads from a directory: an OCI layout, or an extracted docker archive.
-pub fn load_dir(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progress) -> Result<Vec<Image>, StoreError> {
-    let tag = tag.map(|t| t.parse::<Reference>().map(|r| r.name())).transpose()?;
+pub fn load_dir(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<Image>, StoreError> {
+    let tag = tag
+        .map(|t| t.parse::<Reference>().map(|r| r.name()))
+        .transpose()?;
     if safe_join(dir, "manifest.json")?.is_file() {
         load_docker(store, dir, tag.as_deref(), progress)
     } else if safe_join(dir, "index.json")?.is_file() {
         load_oci(store, dir, tag.as_deref(), progress)
     } else {
-        Err(invalid(dir.display().to_string(), "neither a docker archive (manifest.json) nor an OCI layout (index.json)"))
+        Err(invalid(
+            dir.display().to_string(),
+            "neither a docker archive (manifest.json) nor an OCI layout (index.json)",
+        ))
     }
 }
 
@@ -97,8 +133,14 @@ struct FileSource(HashMap<Digest, PathBuf>);
 
 impl BlobSource for FileSource {
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, StoreError> {
-        let p = self.0.get(&d.digest).ok_or_else(|| invalid(d.digest.to_string(), "blob missing from the archive"))?;
-        Ok(Box::new(BufReader::with_capacity(256 * 1024, File::open(p).map_err(io_at(p))?)))
+        let p = self
+            .0
+            .get(&d.digest)
+            .ok_or_else(|| invalid(d.digest.to_string(), "blob missing from the archive"))?;
+        Ok(Box::new(BufReader::with_capacity(
+            256 * 1024,
+            File::open(p).map_err(io_at(p))?,
+        )))
     }
 }
 
@@ -108,7 +150,8 @@ struct LayoutSource<'a>(&'a Path);
 impl BlobSource for LayoutSource<'_> {
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + Send>, StoreError> {
         let p = safe_join(self.0, &format!("blobs/sha256/{}", d.digest.hex()))?;
-        let f = File::open(&p).map_err(|_| invalid(d.digest.to_string(), "blob missing from the OCI layout"))?;
+        let f = File::open(&p)
+            .map_err(|_| invalid(d.digest.to_string(), "blob missing from the OCI layout"))?;
         Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
     }
 }
@@ -140,12 +183,24 @@ fn hash_file(p: &Path) -> Result<(Digest, u64, Compression), StoreError> {
     Ok((d, n, c))
 }
 
-fn load_docker(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progress) -> Result<Vec<Image>, StoreError> {
+fn load_docker(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<Image>, StoreError> {
     let mp = safe_join(dir, "manifest.json")?;
     let entries: Vec<DockerManifestEntry> =
-        serde_json::from_slice(&read_limited(&mp, "manifest.json")?).map_err(|e| invalid("archive manifest.json", e.to_string()))?;
+        serde_json::from_slice(&read_limited(&mp, "manifest.json")?)
+            .map_err(|e| invalid("archive manifest.json", e.to_string()))?;
     if tag.is_some() && entries.len() != 1 {
-        return Err(invalid("--tag", format!("the archive holds {} images; --tag needs exactly one", entries.len())));
+        return Err(invalid(
+            "--tag",
+            format!(
+                "the archive holds {} images; --tag needs exactly one",
+                entries.len()
+            ),
+        ));
     }
     let mut out = Vec::new();
     for e in entries {
@@ -164,7 +219,13 @@ fn load_docker(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Prog
                 Compression::Zstd => spec::OCI_LAYER_ZSTD,
             };
             blobs.insert(digest.clone(), lp);
-            layers.push(Descriptor { media_type: media_type.into(), digest, size, platform: None, annotations: BTreeMap::new() });
+            layers.push(Descriptor {
+                media_type: media_type.into(),
+                digest,
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            });
         }
         let manifest = Manifest {
             schema_version: 2,
@@ -179,7 +240,8 @@ fn load_docker(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Prog
             layers,
             annotations: BTreeMap::new(),
         };
-        let mbytes = serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
+        let mbytes =
+            serde_json::to_vec(&manifest).map_err(|e| invalid("manifest", e.to_string()))?;
         let names: Vec<String> = match tag {
             Some(t) => vec![t.to_owned()],
             None => e
@@ -194,16 +256,30 @@ fn load_docker(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Prog
     Ok(out)
 }
 
-fn load_oci(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progress) -> Result<Vec<Image>, StoreError> {
+fn load_oci(
+    store: &Store,
+    dir: &Path,
+    tag: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<Image>, StoreError> {
     let ip = safe_join(dir, "index.json")?;
-    let index: Index = serde_json::from_slice(&read_limited(&ip, "index.json")?).map_err(|e| invalid("OCI layout index.json", e.to_string()))?;
+    let index: Index = serde_json::from_slice(&read_limited(&ip, "index.json")?)
+        .map_err(|e| invalid("OCI layout index.json", e.to_string()))?;
     let source = LayoutSource(dir);
     let read_blob = |d: &Descriptor| -> Result<Vec<u8>, StoreError> {
         let mut b = Vec::new();
-        source.open(d)?.take(4 << 20).read_to_end(&mut b).map_err(|e| invalid(d.digest.to_string(), e.to_string()))?;
+        source
+            .open(d)?
+            .take(4 << 20)
+            .read_to_end(&mut b)
+            .map_err(|e| invalid(d.digest.to_string(), e.to_string()))?;
         let actual = Digest::of(&b);
         if actual != d.digest {
-            return Err(StoreError::DigestMismatch { what: "OCI layout blob".into(), expected: d.digest.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                what: "OCI layout blob".into(),
+                expected: d.digest.clone(),
+                actual,
+            });
         }
         Ok(b)
     };
@@ -211,14 +287,21 @@ fn load_oci(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progres
     let mut found: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
     for desc in &index.manifests {
         let bytes = read_blob(desc)?;
-        let mbytes = match ManifestOrIndex::parse(&bytes, Some(&desc.media_type), desc.digest.as_str())? {
-            ManifestOrIndex::Manifest(_) => bytes,
-            ManifestOrIndex::Index(nested) => {
-                let d = spec::select_platform(&nested, &spec::host_platform())
-                    .ok_or_else(|| StoreError::NoPlatform(desc.digest.to_string(), "see the layout's index".into()))?;
-                read_blob(d)?
-            }
-        };
+        let mbytes =
+            match ManifestOrIndex::parse(&bytes, Some(&desc.media_type), desc.digest.as_str())? {
+                ManifestOrIndex::Manifest(_) => bytes,
+                ManifestOrIndex::Index(nested) => {
+                    let d = spec::select_platform(&nested, &spec::host_platform()).ok_or_else(
+                        || {
+                            StoreError::NoPlatform(
+                                desc.digest.to_string(),
+                                "see the layout's index".into(),
+                            )
+                        },
+                    )?;
+                    read_blob(d)?
+                }
+            };
         let name = desc
             .annotations
             .get("io.containerd.image.name")
@@ -232,7 +315,13 @@ fn load_oci(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progres
         }
     }
     if tag.is_some() && found.len() != 1 {
-        return Err(invalid("--tag", format!("the layout holds {} images; --tag needs exactly one", found.len())));
+        return Err(invalid(
+            "--tag",
+            format!(
+                "the layout holds {} images; --tag needs exactly one",
+                found.len()
+            ),
+        ));
     }
     let mut out = Vec::new();
     for (mbytes, names) in found {
@@ -247,13 +336,19 @@ fn load_oci(store: &Store, dir: &Path, tag: Option<&str>, progress: &dyn Progres
 
 // -------------------------------------------------------------------- save
 
-fn append(tar: &mut tar::Builder<&mut dyn Write>, path: &str, size: u64, data: impl Read) -> Result<(), StoreError> {
+fn append(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    path: &str,
+    size: u64,
+    data: impl Read,
+) -> Result<(), StoreError> {
     let mut h = tar::Header::new_ustar();
     h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut h, path, data).map_err(|e| invalid(format!("writing {path}"), e.to_string()))
+    tar.append_data(&mut h, path, data)
+        .map_err(|e| invalid(format!("writing {path}"), e.to_string()))
 }
 
 fn append_dir(tar: &mut tar::Builder<&mut dyn Write>, path: &str) -> Result<(), StoreError> {
@@ -262,11 +357,17 @@ fn append_dir(tar: &mut tar::Builder<&mut dyn Write>, path: &str) -> Result<(), 
     h.set_mode(0o755);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Directory);
-    tar.append_data(&mut h, path, io::empty()).map_err(|e| invalid(format!("writing {path}"), e.to_string()))
+    tar.append_data(&mut h, path, io::empty())
+        .map_err(|e| invalid(format!("writing {path}"), e.to_string()))
 }
 
 /// Writes the images named by `what` (names or ids) to `w` in `format`.
-pub fn save(store: &Store, what: &[String], format: Format, w: &mut dyn Write) -> Result<(), StoreError> {
+pub fn save(
+    store: &Store,
+    what: &[String],
+    format: Format,
+    w: &mut dyn Write,
+) -> Result<(), StoreError> {
     let mut images = Vec::new();
     for s in what {
         let img = store.find(s)?;
@@ -282,10 +383,16 @@ pub fn save(store: &Store, what: &[String], format: Format, w: &mut dyn Write) -
         Format::DockerArchive => save_docker(store, &images, &mut tar)?,
         Format::OciArchive => save_oci(store, &images, &mut tar)?,
     }
-    tar.into_inner().and_then(|w| w.flush()).map_err(|e| invalid("writing archive", e.to_string()))
+    tar.into_inner()
+        .and_then(|w| w.flush())
+        .map_err(|e| invalid("writing archive", e.to_string()))
 }
 
-fn save_docker(store: &Store, images: &[(Image, Vec<String>)], tar: &mut tar::Builder<&mut dyn Write>) -> Result<(), StoreError> {
+fn save_docker(
+    store: &Store,
+    images: &[(Image, Vec<String>)],
+    tar: &mut tar::Builder<&mut dyn Write>,
+) -> Result<(), StoreError> {
     let mut written = BTreeSet::new();
     let mut entries = Vec::new();
     for (img, names) in images {
@@ -302,15 +409,24 @@ fn save_docker(store: &Store, images: &[(Image, Vec<String>)], tar: &mut tar::Bu
                 let meta = store.layer_meta(diff_id)?;
                 let c = Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
                 let blob = BufReader::with_capacity(256 * 1024, store.open_blob(&desc.digest)?);
-                let data = unpack::decompress(blob, c).map_err(|e| invalid(path.clone(), e.to_string()))?;
+                let data = unpack::decompress(blob, c)
+                    .map_err(|e| invalid(path.clone(), e.to_string()))?;
                 append_dir(tar, &dir)?;
                 append(tar, &format!("{dir}/VERSION"), 3, &b"1.0"[..])?;
                 append(tar, &path, meta.size, data)?;
             }
             layer_paths.push(path);
         }
-        let tags: Vec<String> = names.iter().filter(|n| !n.contains('@')).map(|n| familiar(n).to_owned()).collect();
-        entries.push(DockerManifestEntry { config: cfg_name, repo_tags: (!tags.is_empty()).then_some(tags), layers: layer_paths });
+        let tags: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains('@'))
+            .map(|n| familiar(n).to_owned())
+            .collect();
+        entries.push(DockerManifestEntry {
+            config: cfg_name,
+            repo_tags: (!tags.is_empty()).then_some(tags),
+            layers: layer_paths,
+        });
     }
     let m = serde_json::to_vec(&entries).map_err(|e| invalid("manifest.json", e.to_string()))?;
     append(tar, "manifest.json", m.len() as u64, &m[..])
@@ -336,25 +452,49 @@ fn oci_manifest(store: &Store, img: &Image) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(&m).map_err(|e| invalid("manifest", e.to_string()))
 }
 
-fn save_oci(store: &Store, images: &[(Image, Vec<String>)], tar: &mut tar::Builder<&mut dyn Write>) -> Result<(), StoreError> {
+fn save_oci(
+    store: &Store,
+    images: &[(Image, Vec<String>)],
+    tar: &mut tar::Builder<&mut dyn Write>,
+) -> Result<(), StoreError> {
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
     append(tar, "oci-layout", layout.len() as u64, &layout[..])?;
     append_dir(tar, "blobs")?;
     append_dir(tar, "blobs/sha256")?;
     let mut written = BTreeSet::new();
-    let mut index = Index { schema_version: 2, media_type: spec::OCI_INDEX.into(), manifests: vec![], annotations: BTreeMap::new() };
+    let mut index = Index {
+        schema_version: 2,
+        media_type: spec::OCI_INDEX.into(),
+        manifests: vec![],
+        annotations: BTreeMap::new(),
+    };
     for (img, names) in images {
         let mbytes = oci_manifest(store, img)?;
         let mdigest = Digest::of(&mbytes);
         if written.insert(mdigest.clone()) {
-            append(tar, &format!("blobs/sha256/{}", mdigest.hex()), mbytes.len() as u64, &mbytes[..])?;
+            append(
+                tar,
+                &format!("blobs/sha256/{}", mdigest.hex()),
+                mbytes.len() as u64,
+                &mbytes[..],
+            )?;
         }
         let mut blobs = vec![(img.manifest.config.digest.clone(), img.manifest.config.size)];
-        blobs.extend(img.manifest.layers.iter().map(|l| (l.digest.clone(), l.size)));
+        blobs.extend(
+            img.manifest
+                .layers
+                .iter()
+                .map(|l| (l.digest.clone(), l.size)),
+        );
         for (d, size) in blobs {
             if written.insert(d.clone()) {
                 let f = store.open_blob(&d)?;
-                append(tar, &format!("blobs/sha256/{}", d.hex()), size, BufReader::with_capacity(256 * 1024, f))?;
+                append(
+                    tar,
+                    &format!("blobs/sha256/{}", d.hex()),
+                    size,
+                    BufReader::with_capacity(256 * 1024, f),
+                )?;
             }
         }
         let desc = |annotations| Descriptor {
@@ -373,7 +513,10 @@ fn save_oci(store: &Store, images: &[(Image, Vec<String>)], tar: &mut tar::Build
             index.manifests.push(desc(BTreeMap::new()));
         }
         for n in tagged {
-            let tag = n.rsplit_once(':').map(|(_, t)| t.to_owned()).unwrap_or_default();
+            let tag = n
+                .rsplit_once(':')
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or_default();
             let mut a = BTreeMap::new();
             a.insert("io.containerd.image.name".to_owned(), n.clone());
             a.insert("org.opencontainers.image.ref.name".to_owned(), tag);

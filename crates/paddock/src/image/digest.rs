@@ -58,9 +58,15 @@ impl FromStr for Digest {
     type Err = BadDigest;
     fn from_str(s: &str) -> Result<Self, BadDigest> {
         let ok = s.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
-        if ok { Ok(Digest(s.to_owned())) } else { Err(BadDigest(s.to_owned())) }
+        if ok {
+            Ok(Digest(s.to_owned()))
+        } else {
+            Err(BadDigest(s.to_owned()))
+        }
     }
 }
 
@@ -98,7 +104,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Bytes read so far.
@@ -148,10 +158,21 @@ mod tests {
     #[test]
     fn digest_parses_and_rejects() {
         let d = Digest::of(b"");
-        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert!("sha256:abc".parse::<Digest>().is_err());
-        assert!("md5:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse::<Digest>().is_err());
-        assert!("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855".parse::<Digest>().is_err());
+        assert!(
+            "md5:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                .parse::<Digest>()
+                .is_err()
+        );
+        assert!(
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+                .parse::<Digest>()
+                .is_err()
+        );
         assert!("sha256:../../../../etc/passwd".parse::<Digest>().is_err());
     }
 

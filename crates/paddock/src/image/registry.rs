@@ -28,7 +28,11 @@ pub struct AuthConfig {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", alias = "identityToken")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "identityToken"
+    )]
     pub identitytoken: Option<String>,
 }
 
@@ -38,7 +42,9 @@ impl AuthConfig {
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             return Some((u.clone(), p.clone()));
         }
-        let raw = base64::engine::general_purpose::STANDARD.decode(self.auth.as_deref()?.trim()).ok()?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(self.auth.as_deref()?.trim())
+            .ok()?;
         let s = String::from_utf8(raw).ok()?;
         let (u, p) = s.split_once(':')?;
         Some((u.to_owned(), p.to_owned()))
@@ -55,7 +61,9 @@ impl RegistryAuths {
     pub fn lookup(&self, domain: &str) -> Option<&AuthConfig> {
         let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
         self.0.iter().find_map(|(k, v)| {
-            let k = k.trim_start_matches("https://").trim_start_matches("http://");
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
             let host = k.split('/').next().unwrap_or(k);
             let same = host == domain || (hub.contains(&host) && hub.contains(&domain));
             same.then_some(v)
@@ -78,15 +86,25 @@ impl RegistryAuths {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{url}: {source}")]
-    Transport { url: String, source: Box<ureq::Error> },
+    Transport {
+        url: String,
+        source: Box<ureq::Error>,
+    },
     #[error("{url}: http {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("registry {registry}: authentication failed: {why}")]
     Auth { registry: String, why: String },
     #[error("{reference}: not found in registry ({message})")]
     NotFound { reference: String, message: String },
     #[error("{url}: reading response: {source}")]
-    Body { url: String, source: Box<ureq::Error> },
+    Body {
+        url: String,
+        source: Box<ureq::Error>,
+    },
 }
 
 /// Options shared by every registry session.
@@ -116,13 +134,20 @@ impl Session {
     /// Opens a session for `r`'s repository and finds out which scheme the registry speaks.
     pub fn open(r: &Reference, opts: &ClientOptions) -> Result<Session, RegistryError> {
         let loopback = is_loopback(r.hostname());
-        let insecure = opts.insecure.iter().any(|h| h == &r.domain || h == r.hostname());
+        let insecure = opts
+            .insecure
+            .iter()
+            .any(|h| h == &r.domain || h == r.hostname());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent(concat!("paddock-ros/", env!("CARGO_PKG_VERSION")))
-            .proxy(if loopback { None } else { ureq::Proxy::try_from_env() })
+            .proxy(if loopback {
+                None
+            } else {
+                ureq::Proxy::try_from_env()
+            })
             .build()
             .into();
         let mut s = Session {
@@ -146,14 +171,27 @@ impl Session {
             let url = format!("{}/v2/", s.base);
             match s.agent.get(&url).call() {
                 Ok(_) => return Ok(s), // any http answer (200, 401) means the scheme works
-                Err(e) => last = Some(RegistryError::Transport { url, source: Box::new(e) }),
+                Err(e) => {
+                    last = Some(RegistryError::Transport {
+                        url,
+                        source: Box::new(e),
+                    })
+                }
             }
         }
-        Err(last.unwrap_or_else(|| RegistryError::Status { url: r.domain.clone(), status: 0, message: "no scheme".into() }))
+        Err(last.unwrap_or_else(|| RegistryError::Status {
+            url: r.domain.clone(),
+            status: 0,
+            message: "no scheme".into(),
+        }))
     }
 
     /// GET with the session's authorization, authenticating once on a 401 challenge.
-    fn get(&mut self, url: &str, accept: Option<&str>) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut authed_once = false;
         loop {
             let mut req = self.agent.get(url);
@@ -163,12 +201,16 @@ impl Session {
             if let Some(auth) = &self.authorization {
                 req = req.header("Authorization", auth);
             }
-            let resp = req.call().map_err(|e| RegistryError::Transport { url: url.into(), source: Box::new(e) })?;
+            let resp = req.call().map_err(|e| RegistryError::Transport {
+                url: url.into(),
+                source: Box::new(e),
+            })?;
             if resp.status().as_u16() != 401 || authed_once {
                 if resp.status().as_u16() == 401 {
                     return Err(RegistryError::Auth {
                         registry: self.registry.clone(),
-                        why: "credentials were refused (check rancher.registry_auths or --creds)".into(),
+                        why: "credentials were refused (check rancher.registry_auths or --creds)"
+                            .into(),
                     });
                 }
                 return Ok(resp);
@@ -185,19 +227,36 @@ impl Session {
     }
 
     fn authenticate(&mut self, challenge: &str) -> Result<(), RegistryError> {
-        let auth_err = |why: String| RegistryError::Auth { registry: self.registry.clone(), why };
+        let auth_err = |why: String| RegistryError::Auth {
+            registry: self.registry.clone(),
+            why,
+        };
         let (scheme, params) = parse_challenge(challenge);
-        let basic = self.creds.as_ref().and_then(AuthConfig::credentials).map(|(u, p)| {
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
-        });
+        let basic = self
+            .creds
+            .as_ref()
+            .and_then(AuthConfig::credentials)
+            .map(|(u, p)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                )
+            });
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
-                self.authorization = Some(basic.ok_or_else(|| auth_err("the registry requires credentials and none are configured".into()))?);
+                self.authorization = Some(basic.ok_or_else(|| {
+                    auth_err("the registry requires credentials and none are configured".into())
+                })?);
                 Ok(())
             }
             "bearer" => {
-                let realm = params.get("realm").ok_or_else(|| auth_err("bearer challenge without realm".into()))?;
-                let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| auth_err("bearer challenge without realm".into()))?;
+                let scope = params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.repo));
                 let mut req = self.agent.get(realm).query("scope", &scope);
                 if let Some(service) = params.get("service") {
                     req = req.query("service", service);
@@ -205,19 +264,35 @@ impl Session {
                 if let Some(b) = &basic {
                     req = req.header("Authorization", b);
                 }
-                let mut resp = req.call().map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+                let mut resp = req.call().map_err(|e| RegistryError::Transport {
+                    url: realm.clone(),
+                    source: Box::new(e),
+                })?;
                 let status = resp.status().as_u16();
-                let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_vec()
+                    .unwrap_or_default();
                 if status != 200 {
-                    return Err(auth_err(format!("token server {realm} answered http {status}: {}", error_message(&body))));
+                    return Err(auth_err(format!(
+                        "token server {realm} answered http {status}: {}",
+                        error_message(&body)
+                    )));
                 }
                 #[derive(Deserialize)]
                 struct Token {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = serde_json::from_slice(&body).map_err(|e| auth_err(format!("token server {realm}: malformed answer: {e}")))?;
-                let token = t.token.or(t.access_token).ok_or_else(|| auth_err(format!("token server {realm} sent no token")))?;
+                let t: Token = serde_json::from_slice(&body).map_err(|e| {
+                    auth_err(format!("token server {realm}: malformed answer: {e}"))
+                })?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| auth_err(format!("token server {realm} sent no token")))?;
                 self.authorization = Some(format!("Bearer {token}"));
                 Ok(())
             }
@@ -226,35 +301,61 @@ impl Session {
     }
 
     /// Fetches a manifest or index by tag or digest: `(bytes, content type)`.
-    pub fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+    pub fn manifest(
+        &mut self,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repo);
         let mut resp = self.get(&url, Some(MANIFEST_ACCEPT))?;
         let status = resp.status().as_u16();
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .body_mut()
             .with_config()
             .limit(4 << 20)
             .read_to_vec()
-            .map_err(|e| RegistryError::Body { url: url.clone(), source: Box::new(e) })?;
+            .map_err(|e| RegistryError::Body {
+                url: url.clone(),
+                source: Box::new(e),
+            })?;
         match status {
             200 => Ok((body, ct)),
             404 => Err(RegistryError::NotFound {
                 reference: format!("{}/{}:{reference}", self.registry, self.repo),
                 message: error_message(&body),
             }),
-            _ => Err(RegistryError::Status { url, status, message: error_message(&body) }),
+            _ => Err(RegistryError::Status {
+                url,
+                status,
+                message: error_message(&body),
+            }),
         }
     }
 
     /// Opens a blob for streaming. The caller verifies digest and size while reading.
-    pub fn blob(&mut self, digest: &Digest) -> Result<(Box<dyn Read + Send>, Option<u64>), RegistryError> {
+    pub fn blob(
+        &mut self,
+        digest: &Digest,
+    ) -> Result<(Box<dyn Read + Send>, Option<u64>), RegistryError> {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repo);
         let mut resp = self.get(&url, None)?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
-            return Err(RegistryError::Status { url, status, message: error_message(&body) });
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_vec()
+                .unwrap_or_default();
+            return Err(RegistryError::Status {
+                url,
+                status,
+                message: error_message(&body),
+            });
         }
         let len = resp
             .headers()
@@ -273,7 +374,9 @@ fn parse_challenge(h: &str) -> (String, BTreeMap<String, String>) {
     let mut params = BTreeMap::new();
     let mut rest = rest.trim();
     while !rest.is_empty() {
-        let Some((k, after)) = rest.split_once('=') else { break };
+        let Some((k, after)) = rest.split_once('=') else {
+            break;
+        };
         let k = k.trim().trim_start_matches(',').trim().to_owned();
         let after = after.trim_start();
         let (v, remain) = if let Some(q) = after.strip_prefix('"') {
@@ -308,12 +411,18 @@ fn error_message(body: &[u8]) -> String {
         message: String,
     }
     if let Ok(e) = serde_json::from_slice::<Errors>(body) {
-        let parts: Vec<String> = e.errors.iter().map(|i| format!("{}: {}", i.code, i.message)).collect();
+        let parts: Vec<String> = e
+            .errors
+            .iter()
+            .map(|i| format!("{}: {}", i.code, i.message))
+            .collect();
         if !parts.is_empty() {
             return parts.join("; ");
         }
     }
-    let s = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+    let s = String::from_utf8_lossy(&body[..body.len().min(200)])
+        .trim()
+        .to_owned();
     if s.is_empty() { "empty body".into() } else { s }
 }
 
@@ -324,7 +433,9 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenge() {
-        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#);
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
         assert_eq!(s, "Bearer");
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["service"], "registry.example");
@@ -337,14 +448,25 @@ mod tests {
     #[test]
     fn auths_match_hosts_and_decode() {
         let a = RegistryAuths::from_json(br#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"127.0.0.1:5000":{"username":"a","password":"b:c"}}}"#).unwrap();
-        assert_eq!(a.lookup("docker.io").unwrap().credentials(), Some(("u".into(), "p".into())));
-        assert_eq!(a.lookup("127.0.0.1:5000").unwrap().credentials(), Some(("a".into(), "b:c".into())));
+        assert_eq!(
+            a.lookup("docker.io").unwrap().credentials(),
+            Some(("u".into(), "p".into()))
+        );
+        assert_eq!(
+            a.lookup("127.0.0.1:5000").unwrap().credentials(),
+            Some(("a".into(), "b:c".into()))
+        );
         assert!(a.lookup("quay.io").is_none());
     }
 
     #[test]
     fn registry_errors_are_readable() {
-        assert_eq!(error_message(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#), "MANIFEST_UNKNOWN: manifest unknown");
+        assert_eq!(
+            error_message(
+                br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+            ),
+            "MANIFEST_UNKNOWN: manifest unknown"
+        );
         assert_eq!(error_message(b""), "empty body");
     }
 

@@ -116,7 +116,10 @@ pub enum ManifestOrIndex {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("{what}: malformed json: {source}")]
-    Json { what: String, source: serde_json::Error },
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("{what}: unsupported media type {media_type:?}")]
     MediaType { what: String, media_type: String },
 }
@@ -126,25 +129,35 @@ impl ManifestOrIndex {
     /// `mediaType`, and a body with a `manifests` array is an index.
     pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Self, SpecError> {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: what.into(), source })?;
+            serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+                what: what.into(),
+                source,
+            })?;
         let body_mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
-        let mt = content_type.map(|c| c.split(';').next().unwrap_or("").trim()).filter(|c| {
-            matches!(*c, OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST)
-        });
+        let mt = content_type
+            .map(|c| c.split(';').next().unwrap_or("").trim())
+            .filter(|c| matches!(*c, OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST));
         let mt = mt.unwrap_or(body_mt);
         let is_index = match mt {
             OCI_INDEX | DOCKER_LIST => true,
             OCI_MANIFEST | DOCKER_MANIFEST => false,
             "" => v.get("manifests").is_some(),
             other => {
-                return Err(SpecError::MediaType { what: what.into(), media_type: other.into() });
+                return Err(SpecError::MediaType {
+                    what: what.into(),
+                    media_type: other.into(),
+                });
             }
         };
-        let json = |e| SpecError::Json { what: what.into(), source: e };
+        let json = |e| SpecError::Json {
+            what: what.into(),
+            source: e,
+        };
         if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
             return Err(SpecError::MediaType {
                 what: what.into(),
-                media_type: "docker schema 1 (deprecated, re-push the image with a current client)".into(),
+                media_type: "docker schema 1 (deprecated, re-push the image with a current client)"
+                    .into(),
             });
         }
         Ok(if is_index {
@@ -201,19 +214,28 @@ pub struct RootFs {
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8], what: &str) -> Result<Self, SpecError> {
-        serde_json::from_slice(bytes).map_err(|source| SpecError::Json { what: what.into(), source })
+        serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+            what: what.into(),
+            source,
+        })
     }
 }
 
 /// The platform Paddock runs: linux/amd64.
 pub fn host_platform() -> Platform {
-    Platform { architecture: "amd64".into(), os: "linux".into(), variant: None }
+    Platform {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+    }
 }
 
 /// Picks the manifest for `want` from an index (a missing platform never matches).
 pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Option<&'a Descriptor> {
     index.manifests.iter().find(|d| {
-        d.platform.as_ref().is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+        d.platform
+            .as_ref()
+            .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
     })
 }
 
@@ -227,7 +249,8 @@ mod tests {
         let idx = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
           {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"architecture":"arm64","os":"linux"}},
           {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
-        let ManifestOrIndex::Index(i) = ManifestOrIndex::parse(idx.as_bytes(), None, "t").unwrap() else {
+        let ManifestOrIndex::Index(i) = ManifestOrIndex::parse(idx.as_bytes(), None, "t").unwrap()
+        else {
             panic!("not an index")
         };
         let d = select_platform(&i, &host_platform()).unwrap();
@@ -237,15 +260,28 @@ mod tests {
     #[test]
     fn rejects_schema1_and_unknown_types() {
         let s1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
-        assert!(ManifestOrIndex::parse(s1, None, "t").unwrap_err().to_string().contains("schema 1"));
+        assert!(
+            ManifestOrIndex::parse(s1, None, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("schema 1")
+        );
         let odd = br#"{"schemaVersion":2,"mediaType":"text/html"}"#;
-        assert!(ManifestOrIndex::parse(odd, None, "t").unwrap_err().to_string().contains("text/html"));
+        assert!(
+            ManifestOrIndex::parse(odd, None, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("text/html")
+        );
     }
 
     #[test]
     fn sniffs_compression() {
         assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::sniff(b"etc/"), Compression::None);
     }
 }

@@ -27,7 +27,9 @@ use super::digest::{Digest, HashingReader, TeeReader};
 use super::progress::{Counting, Progress};
 use super::reference::{BadReference, Reference};
 use super::registry::{ClientOptions, RegistryError, Session};
-use super::spec::{self, Compression, Descriptor, ImageConfig, Manifest, ManifestOrIndex, SpecError};
+use super::spec::{
+    self, Compression, Descriptor, ImageConfig, Manifest, ManifestOrIndex, SpecError,
+};
 use super::unpack::{self, UnpackError};
 use crate::fsutil;
 use crate::root::Root;
@@ -51,9 +53,17 @@ pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{what}: size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { what: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("no such image: {0}")]
     NoSuchImage(String),
     #[error("{0}: no linux/amd64 image in the index (platforms offered: {1})")]
@@ -63,7 +73,10 @@ pub enum StoreError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One stored image, as listed and inspected.
@@ -162,12 +175,19 @@ impl Store {
 
     fn tmp_name(&self, what: &str) -> PathBuf {
         let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.dir.join("tmp").join(format!("{what}-{}-{n}", std::process::id()))
+        self.dir
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
     fn lock(&self, exclusive: bool) -> Result<File, StoreError> {
         let p = self.dir.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_at(&p))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_at(&p))?;
         if exclusive { f.lock() } else { f.lock_shared() }.map_err(io_at(&p))?;
         Ok(f)
     }
@@ -186,7 +206,10 @@ impl Store {
 
     fn write_index(&self, idx: &Index) -> Result<(), StoreError> {
         let p = self.index_path();
-        let bytes = serde_json::to_vec_pretty(idx).map_err(|e| StoreError::Invalid { what: "image index".into(), why: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(idx).map_err(|e| StoreError::Invalid {
+            what: "image index".into(),
+            why: e.to_string(),
+        })?;
         fsutil::write_atomic(&p, &bytes, 0o600).map_err(io_at(&p))
     }
 
@@ -206,14 +229,27 @@ impl Store {
     }
 
     /// Stores a small blob that is already in memory, verifying it against `expect`.
-    fn put_blob_bytes(&self, bytes: &[u8], expect: Option<&Descriptor>, what: &str) -> Result<Digest, StoreError> {
+    fn put_blob_bytes(
+        &self,
+        bytes: &[u8],
+        expect: Option<&Descriptor>,
+        what: &str,
+    ) -> Result<Digest, StoreError> {
         let d = Digest::of(bytes);
         if let Some(e) = expect {
             if e.digest != d {
-                return Err(StoreError::DigestMismatch { what: what.into(), expected: e.digest.clone(), actual: d });
+                return Err(StoreError::DigestMismatch {
+                    what: what.into(),
+                    expected: e.digest.clone(),
+                    actual: d,
+                });
             }
             if e.size != bytes.len() as u64 {
-                return Err(StoreError::SizeMismatch { what: what.into(), expected: e.size, actual: bytes.len() as u64 });
+                return Err(StoreError::SizeMismatch {
+                    what: what.into(),
+                    expected: e.size,
+                    actual: bytes.len() as u64,
+                });
             }
         }
         let p = self.blob_path(&d);
@@ -226,13 +262,21 @@ impl Store {
     pub fn layer_meta(&self, diff_id: &Digest) -> Result<LayerMeta, StoreError> {
         let p = self.layer_path(diff_id).join("layer.json");
         let b = fs::read(&p).map_err(io_at(&p))?;
-        serde_json::from_slice(&b).map_err(|e| StoreError::Invalid { what: p.display().to_string(), why: e.to_string() })
+        serde_json::from_slice(&b).map_err(|e| StoreError::Invalid {
+            what: p.display().to_string(),
+            why: e.to_string(),
+        })
     }
 
     // ---------------------------------------------------------------- import (pull, load)
 
     /// Pulls `reference` from its registry; returns the stored image.
-    pub fn pull(&self, reference: &str, opts: &ClientOptions, progress: &dyn Progress) -> Result<Image, StoreError> {
+    pub fn pull(
+        &self,
+        reference: &str,
+        opts: &ClientOptions,
+        progress: &dyn Progress,
+    ) -> Result<Image, StoreError> {
         let r: Reference = reference.parse()?;
         let session = Session::open(&r, opts)?;
         let source = RegistrySource(session);
@@ -242,13 +286,19 @@ impl Store {
         }
         let mut ct = ct;
         let mut manifest_digest = Digest::of(&bytes);
-        if let ManifestOrIndex::Index(idx) = ManifestOrIndex::parse(&bytes, ct.as_deref(), &r.to_string())? {
+        if let ManifestOrIndex::Index(idx) =
+            ManifestOrIndex::parse(&bytes, ct.as_deref(), &r.to_string())?
+        {
             let want = spec::host_platform();
             let d = spec::select_platform(&idx, &want).ok_or_else(|| {
                 let offered: Vec<String> = idx
                     .manifests
                     .iter()
-                    .filter_map(|m| m.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                    .filter_map(|m| {
+                        m.platform
+                            .as_ref()
+                            .map(|p| format!("{}/{}", p.os, p.architecture))
+                    })
                     .collect();
                 StoreError::NoPlatform(r.to_string(), offered.join(", "))
             })?;
@@ -258,8 +308,13 @@ impl Store {
             ct = c;
             manifest_digest = d.digest.clone();
         }
-        let ManifestOrIndex::Manifest(_) = ManifestOrIndex::parse(&bytes, ct.as_deref(), &r.to_string())? else {
-            return Err(StoreError::Invalid { what: r.to_string(), why: "an index that points at another index".into() });
+        let ManifestOrIndex::Manifest(_) =
+            ManifestOrIndex::parse(&bytes, ct.as_deref(), &r.to_string())?
+        else {
+            return Err(StoreError::Invalid {
+                what: r.to_string(),
+                why: "an index that points at another index".into(),
+            });
         };
         let name = r.name();
         self.import(&bytes, &source, &[name], progress).map(|img| {
@@ -271,11 +326,22 @@ impl Store {
     /// Imports an image whose manifest is `manifest_bytes`, reading missing blobs from
     /// `source`, then gives it `names`. The manifest is stored as given, so its digest is the
     /// image's manifest digest.
-    pub fn import(&self, manifest_bytes: &[u8], source: &dyn BlobSource, names: &[String], progress: &dyn Progress) -> Result<Image, StoreError> {
+    pub fn import(
+        &self,
+        manifest_bytes: &[u8],
+        source: &dyn BlobSource,
+        names: &[String],
+        progress: &dyn Progress,
+    ) -> Result<Image, StoreError> {
         let _shared = self.lock(false)?;
         let what = names.first().cloned().unwrap_or_else(|| "image".into());
-        let ManifestOrIndex::Manifest(manifest) = ManifestOrIndex::parse(manifest_bytes, None, &what)? else {
-            return Err(StoreError::Invalid { what, why: "expected an image manifest, got an index".into() });
+        let ManifestOrIndex::Manifest(manifest) =
+            ManifestOrIndex::parse(manifest_bytes, None, &what)?
+        else {
+            return Err(StoreError::Invalid {
+                what,
+                why: "expected an image manifest, got an index".into(),
+            });
         };
         for l in &manifest.layers {
             if Compression::from_media_type(&l.media_type).is_none() {
@@ -291,11 +357,19 @@ impl Store {
         } else {
             let cfg_what = format!("{what} config {}", manifest.config.digest);
             if manifest.config.size > MAX_JSON {
-                return Err(StoreError::Invalid { what: cfg_what, why: format!("config of {} bytes is too large", manifest.config.size) });
+                return Err(StoreError::Invalid {
+                    what: cfg_what,
+                    why: format!("config of {} bytes is too large", manifest.config.size),
+                });
             }
-            let mut r = source.open(&manifest.config)?.take(manifest.config.size + 1);
+            let mut r = source
+                .open(&manifest.config)?
+                .take(manifest.config.size + 1);
             let mut b = Vec::new();
-            r.read_to_end(&mut b).map_err(|e| StoreError::Invalid { what: cfg_what.clone(), why: e.to_string() })?;
+            r.read_to_end(&mut b).map_err(|e| StoreError::Invalid {
+                what: cfg_what.clone(),
+                why: e.to_string(),
+            })?;
             self.put_blob_bytes(&b, Some(&manifest.config), &cfg_what)?;
             b
         };
@@ -303,12 +377,20 @@ impl Store {
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(StoreError::Invalid {
                 what: format!("{what} config"),
-                why: format!("{} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
+                why: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
             });
         }
 
         // Layers, up to three at a time.
-        let jobs: Vec<(&Descriptor, &Digest)> = manifest.layers.iter().zip(&config.rootfs.diff_ids).collect();
+        let jobs: Vec<(&Descriptor, &Digest)> = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let errors = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -316,7 +398,9 @@ impl Store {
                 s.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((desc, diff_id)) = jobs.get(i) else { break };
+                        let Some((desc, diff_id)) = jobs.get(i) else {
+                            break;
+                        };
                         if let Err(e) = self.import_layer(desc, diff_id, source, progress) {
                             if let Ok(mut errs) = errors.lock() {
                                 errs.push((i, e));
@@ -340,7 +424,13 @@ impl Store {
     }
 
     /// Makes sure blob `desc` and the unpacked layer `diff_id` are in the store.
-    fn import_layer(&self, desc: &Descriptor, diff_id: &Digest, source: &dyn BlobSource, progress: &dyn Progress) -> Result<(), StoreError> {
+    fn import_layer(
+        &self,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        source: &dyn BlobSource,
+        progress: &dyn Progress,
+    ) -> Result<(), StoreError> {
         let id = &desc.digest.short().to_owned();
         let have_layer = self.layer_path(diff_id).join("layer.json").is_file();
         if have_layer && self.has_blob(&desc.digest) {
@@ -349,50 +439,98 @@ impl Store {
         }
         progress.start(id, Some(desc.size));
         let what = format!("layer {}", desc.digest);
-        let compression = Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
+        let compression =
+            Compression::from_media_type(&desc.media_type).unwrap_or(Compression::None);
         let blob_tmp = self.tmp_name("blob");
         let layer_tmp = self.tmp_name("layer");
         let result = (|| {
             let raw = source.open(desc)?;
             let blob_file = File::create(&blob_tmp).map_err(io_at(&blob_tmp))?;
             let mut blob_w = BufWriter::with_capacity(256 * 1024, blob_file);
-            let counted = Counting { inner: raw.take(desc.size + 1), id, progress };
-            let mut compressed = HashingReader::new(TeeReader { inner: counted, sink: &mut blob_w });
+            let counted = Counting {
+                inner: raw.take(desc.size + 1),
+                id,
+                progress,
+            };
+            let mut compressed = HashingReader::new(TeeReader {
+                inner: counted,
+                sink: &mut blob_w,
+            });
             let diff = {
-                let decoded = unpack::decompress(&mut compressed, compression).map_err(|e| StoreError::Invalid { what: what.clone(), why: e.to_string() })?;
+                let decoded = unpack::decompress(&mut compressed, compression).map_err(|e| {
+                    StoreError::Invalid {
+                        what: what.clone(),
+                        why: e.to_string(),
+                    }
+                })?;
                 let mut diff = HashingReader::new(decoded);
                 if !have_layer {
                     let fs_dir = layer_tmp.join("fs");
                     fs::create_dir_all(&fs_dir).map_err(io_at(&fs_dir))?;
-                    unpack::unpack(&mut diff, &fs_dir, unpack::Mode::Overlay).map_err(|source| StoreError::Unpack { what: what.clone(), source })?;
+                    unpack::unpack(&mut diff, &fs_dir, unpack::Mode::Overlay).map_err(
+                        |source| StoreError::Unpack {
+                            what: what.clone(),
+                            source,
+                        },
+                    )?;
                 }
-                let (d, n) = diff.drain().map_err(|e| StoreError::Invalid { what: what.clone(), why: format!("decompressing: {e}") })?;
+                let (d, n) = diff.drain().map_err(|e| StoreError::Invalid {
+                    what: what.clone(),
+                    why: format!("decompressing: {e}"),
+                })?;
                 (d, n)
             };
-            let (blob_digest, blob_size) = compressed.drain().map_err(|e| StoreError::Invalid { what: what.clone(), why: format!("reading: {e}") })?;
+            let (blob_digest, blob_size) = compressed.drain().map_err(|e| StoreError::Invalid {
+                what: what.clone(),
+                why: format!("reading: {e}"),
+            })?;
             if blob_size != desc.size {
-                return Err(StoreError::SizeMismatch { what: what.clone(), expected: desc.size, actual: blob_size });
+                return Err(StoreError::SizeMismatch {
+                    what: what.clone(),
+                    expected: desc.size,
+                    actual: blob_size,
+                });
             }
             if blob_digest != desc.digest {
-                return Err(StoreError::DigestMismatch { what: what.clone(), expected: desc.digest.clone(), actual: blob_digest });
+                return Err(StoreError::DigestMismatch {
+                    what: what.clone(),
+                    expected: desc.digest.clone(),
+                    actual: blob_digest,
+                });
             }
             if &diff.0 != diff_id {
-                return Err(StoreError::DigestMismatch { what: format!("{what} (uncompressed)"), expected: diff_id.clone(), actual: diff.0 });
+                return Err(StoreError::DigestMismatch {
+                    what: format!("{what} (uncompressed)"),
+                    expected: diff_id.clone(),
+                    actual: diff.0,
+                });
             }
-            let blob_file = blob_w.into_inner().map_err(|e| StoreError::Io { path: blob_tmp.clone(), source: e.into_error() })?;
+            let blob_file = blob_w.into_inner().map_err(|e| StoreError::Io {
+                path: blob_tmp.clone(),
+                source: e.into_error(),
+            })?;
             blob_file.sync_all().map_err(io_at(&blob_tmp))?;
             let dest = self.blob_path(&desc.digest);
             fs::rename(&blob_tmp, &dest).map_err(io_at(&dest))?;
             if !have_layer {
-                let meta = LayerMeta { diff_id: diff_id.clone(), size: diff.1 };
+                let meta = LayerMeta {
+                    diff_id: diff_id.clone(),
+                    size: diff.1,
+                };
                 let mp = layer_tmp.join("layer.json");
-                let mb = serde_json::to_vec(&meta).map_err(|e| StoreError::Invalid { what: what.clone(), why: e.to_string() })?;
+                let mb = serde_json::to_vec(&meta).map_err(|e| StoreError::Invalid {
+                    what: what.clone(),
+                    why: e.to_string(),
+                })?;
                 fsutil::write_atomic(&mp, &mb, 0o644).map_err(io_at(&mp))?;
                 let dest = self.layer_path(diff_id);
                 if let Err(e) = fs::rename(&layer_tmp, &dest) {
                     // Another import finished the same layer first: keep theirs.
                     if !dest.join("layer.json").is_file() {
-                        return Err(StoreError::Io { path: dest, source: e });
+                        return Err(StoreError::Io {
+                            path: dest,
+                            source: e,
+                        });
                     }
                 }
             }
@@ -427,25 +565,49 @@ impl Store {
 
     fn image_by_manifest(&self, md: &Digest) -> Result<Image, StoreError> {
         let idx = self.read_index()?;
-        let names = idx.images.get(md).map(|e| e.names.iter().cloned().collect()).unwrap_or_default();
+        let names = idx
+            .images
+            .get(md)
+            .map(|e| e.names.iter().cloned().collect())
+            .unwrap_or_default();
         self.build_image(md, names)
     }
 
     fn build_image(&self, md: &Digest, names: Vec<String>) -> Result<Image, StoreError> {
         let mb = self.read_blob(md)?;
-        let ManifestOrIndex::Manifest(manifest) = ManifestOrIndex::parse(&mb, None, md.as_str())? else {
-            return Err(StoreError::Invalid { what: md.to_string(), why: "stored manifest is an index".into() });
+        let ManifestOrIndex::Manifest(manifest) = ManifestOrIndex::parse(&mb, None, md.as_str())?
+        else {
+            return Err(StoreError::Invalid {
+                what: md.to_string(),
+                why: "stored manifest is an index".into(),
+            });
         };
         let cb = self.read_blob(&manifest.config.digest)?;
         let config = ImageConfig::parse(&cb, md.as_str())?;
-        let size = config.rootfs.diff_ids.iter().filter_map(|d| self.layer_meta(d).ok()).map(|m| m.size).sum();
-        Ok(Image { names, manifest_digest: md.clone(), id: manifest.config.digest.clone(), manifest, config, size })
+        let size = config
+            .rootfs
+            .diff_ids
+            .iter()
+            .filter_map(|d| self.layer_meta(d).ok())
+            .map(|m| m.size)
+            .sum();
+        Ok(Image {
+            names,
+            manifest_digest: md.clone(),
+            id: manifest.config.digest.clone(),
+            manifest,
+            config,
+            size,
+        })
     }
 
     /// Every image, newest name first within an image.
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
         let idx = self.read_index()?;
-        idx.images.iter().map(|(md, e)| self.build_image(md, e.names.iter().cloned().collect())).collect()
+        idx.images
+            .iter()
+            .map(|(md, e)| self.build_image(md, e.names.iter().cloned().collect()))
+            .collect()
     }
 
     /// Finds an image by name (`busybox`, `host/repo:tag`), image id (full or a prefix of at
@@ -476,7 +638,10 @@ impl Store {
                 return Ok(found.remove(0));
             }
             if found.len() > 1 {
-                return Err(StoreError::Invalid { what: what.into(), why: "ambiguous: matches more than one image".into() });
+                return Err(StoreError::Invalid {
+                    what: what.into(),
+                    why: "ambiguous: matches more than one image".into(),
+                });
             }
         }
         Err(StoreError::NoSuchImage(what.into()))
@@ -484,7 +649,12 @@ impl Store {
 
     /// The layer directories of an image, lowest first (reverse them for overlayfs lowerdir=).
     pub fn layer_dirs(&self, img: &Image) -> Vec<PathBuf> {
-        img.config.rootfs.diff_ids.iter().map(|d| self.layer_fs(d)).collect()
+        img.config
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|d| self.layer_fs(d))
+            .collect()
     }
 
     /// How many images use each layer (by diff id).
@@ -505,7 +675,10 @@ impl Store {
         let img = self.find(source)?;
         let r: Reference = target.parse()?;
         if r.digest.is_some() {
-            return Err(StoreError::Invalid { what: target.into(), why: "a tag cannot contain a digest".into() });
+            return Err(StoreError::Invalid {
+                what: target.into(),
+                why: "a tag cannot contain a digest".into(),
+            });
         }
         self.set_names(&img.manifest_digest, &[r.name()])?;
         self.image_by_manifest(&img.manifest_digest)
@@ -515,7 +688,11 @@ impl Store {
     /// and with it every blob and layer no other image uses. Returns what was untagged and deleted.
     pub fn remove(&self, what: &str) -> Result<(Vec<String>, Option<Digest>), StoreError> {
         let img = self.find(what)?;
-        let by_name = what.parse::<Reference>().ok().map(|r| r.name()).filter(|n| img.names.contains(n));
+        let by_name = what
+            .parse::<Reference>()
+            .ok()
+            .map(|r| r.name())
+            .filter(|n| img.names.contains(n));
         let _lock = self.lock(true)?;
         let mut idx = self.read_index()?;
         let Some(entry) = idx.images.get_mut(&img.manifest_digest) else {
@@ -544,7 +721,12 @@ impl Store {
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
         let _lock = self.lock(true)?;
         let mut idx = self.read_index()?;
-        let dangling: Vec<Digest> = idx.images.iter().filter(|(_, e)| e.names.is_empty()).map(|(d, _)| d.clone()).collect();
+        let dangling: Vec<Digest> = idx
+            .images
+            .iter()
+            .filter(|(_, e)| e.names.is_empty())
+            .map(|(d, _)| d.clone())
+            .collect();
         let mut report = PruneReport::default();
         for d in &dangling {
             if let Some(img) = self.build_image(d, vec![]).ok() {
@@ -570,7 +752,10 @@ impl Store {
         for md in idx.images.keys() {
             keep_blobs.insert(md.hex().to_owned());
             let Ok(mb) = self.read_blob(md) else { continue };
-            let Ok(ManifestOrIndex::Manifest(m)) = ManifestOrIndex::parse(&mb, None, md.as_str()) else { continue };
+            let Ok(ManifestOrIndex::Manifest(m)) = ManifestOrIndex::parse(&mb, None, md.as_str())
+            else {
+                continue;
+            };
             keep_blobs.insert(m.config.digest.hex().to_owned());
             keep_blobs.extend(m.layers.iter().map(|l| l.digest.hex().to_owned()));
             if let Ok(cb) = self.read_blob(&m.config.digest) {
@@ -601,7 +786,11 @@ impl Store {
             let tmp = self.dir.join("tmp");
             for e in fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
                 let p = e.path();
-                let r = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                let r = if p.is_dir() && !p.is_symlink() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
                 r.map_err(io_at(&p))?;
                 report.tmp_entries += 1;
             }
@@ -617,8 +806,13 @@ impl Store {
             let what = format!("layer {}", l.digest);
             let c = Compression::from_media_type(&l.media_type).unwrap_or(Compression::None);
             let f = self.open_blob(&l.digest)?;
-            let r = unpack::decompress(io::BufReader::new(f), c).map_err(|e| StoreError::Invalid { what: what.clone(), why: e.to_string() })?;
-            unpack::unpack(r, dest, unpack::Mode::Flatten).map_err(|source| StoreError::Unpack { what, source })?;
+            let r =
+                unpack::decompress(io::BufReader::new(f), c).map_err(|e| StoreError::Invalid {
+                    what: what.clone(),
+                    why: e.to_string(),
+                })?;
+            unpack::unpack(r, dest, unpack::Mode::Flatten)
+                .map_err(|source| StoreError::Unpack { what, source })?;
         }
         Ok(())
     }
@@ -643,7 +837,11 @@ impl Drop for ScratchDir {
 fn check_digest(bytes: &[u8], expected: &Digest, what: &str) -> Result<(), StoreError> {
     let actual = Digest::of(bytes);
     if &actual != expected {
-        return Err(StoreError::DigestMismatch { what: what.into(), expected: expected.clone(), actual });
+        return Err(StoreError::DigestMismatch {
+            what: what.into(),
+            expected: expected.clone(),
+            actual,
+        });
     }
     Ok(())
 }

@@ -119,24 +119,43 @@ fn sanitize(raw: &[u8]) -> Result<Option<PathBuf>, String> {
             Component::ParentDir => return Err("path contains '..'".into()),
         }
     }
-    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
+    Ok(if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    })
 }
 
 impl Unpacker<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let name = display(&raw);
-        let refuse = |why: String| UnpackError::Refused { entry: name.clone(), why };
-        let io_err = |source: io::Error| UnpackError::Io { entry: name.clone(), source };
+        let refuse = |why: String| UnpackError::Refused {
+            entry: name.clone(),
+            why,
+        };
+        let io_err = |source: io::Error| UnpackError::Io {
+            entry: name.clone(),
+            source,
+        };
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
             return Ok(());
         }
         let Some(rel) = sanitize(&raw).map_err(refuse)? else {
             return Ok(()); // the layer's root directory itself
         };
         self.stats.entries += 1;
-        let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
 
         // Whiteouts.
@@ -154,7 +173,9 @@ impl Unpacker<'_> {
             }
             self.stats.whiteouts += 1;
             let dir = self.ensure_parents(&rel).map_err(|w| refuse(w))?;
-            return self.whiteout(&parent_rel.join(hidden), &dir.join(hidden)).map_err(io_err);
+            return self
+                .whiteout(&parent_rel.join(hidden), &dir.join(hidden))
+                .map_err(io_err);
         }
 
         let dir = self.ensure_parents(&rel).map_err(|w| refuse(w))?;
@@ -175,7 +196,13 @@ impl Unpacker<'_> {
                 }
                 None => fs::create_dir(&path).map_err(io_err)?,
             }
-            self.dirs.push(DirMeta { path: path.clone(), mode, uid, gid, mtime });
+            self.dirs.push(DirMeta {
+                path: path.clone(),
+                mode,
+                uid,
+                gid,
+                mtime,
+            });
         } else {
             match existing {
                 Some(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(io_err)?,
@@ -199,32 +226,44 @@ impl Unpacker<'_> {
                         f.write_all(&self.buf[..n]).map_err(io_err)?;
                     }
                     if self.root {
-                        std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32)).map_err(io_err)?;
+                        std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32))
+                            .map_err(io_err)?;
                     }
-                    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err)?;
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(io_err)?;
                     f.set_modified(time(mtime)).map_err(io_err)?;
                 }
                 EntryType::Symlink => {
-                    let target = entry.link_name_bytes().ok_or_else(|| refuse("symlink without a target".into()))?;
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| refuse("symlink without a target".into()))?;
                     if target.contains(&0) {
                         return Err(refuse("symlink target contains a NUL byte".into()));
                     }
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(io_err)?;
+                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                        .map_err(io_err)?;
                     if self.root {
-                        std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32)).map_err(io_err)?;
+                        std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32))
+                            .map_err(io_err)?;
                     }
                 }
                 EntryType::Link => {
-                    let target = entry.link_name_bytes().ok_or_else(|| refuse("hardlink without a target".into()))?;
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| refuse("hardlink without a target".into()))?;
                     let target_rel = sanitize(&target)
-                        .map_err(|w| refuse(format!("hardlink target {:?}: {w}", display(&target))))?
+                        .map_err(|w| {
+                            refuse(format!("hardlink target {:?}: {w}", display(&target)))
+                        })?
                         .ok_or_else(|| refuse("hardlink to the layer root".into()))?;
-                    let tdir = self
-                        .check_parents(&target_rel)
-                        .map_err(|w| refuse(format!("hardlink target {:?}: {w}", display(&target))))?;
+                    let tdir = self.check_parents(&target_rel).map_err(|w| {
+                        refuse(format!("hardlink target {:?}: {w}", display(&target)))
+                    })?;
                     let tpath = tdir.join(target_rel.file_name().unwrap_or_default());
                     match fs::symlink_metadata(&tpath) {
-                        Ok(m) if m.is_dir() => return Err(refuse("hardlink to a directory".into())),
+                        Ok(m) if m.is_dir() => {
+                            return Err(refuse("hardlink to a directory".into()));
+                        }
                         Ok(_) => {}
                         Err(_) => {
                             return Err(refuse(format!(
@@ -245,7 +284,11 @@ impl Unpacker<'_> {
                     }
                     let major = h.device_major().map_err(io_err)?.unwrap_or(0);
                     let minor = h.device_minor().map_err(io_err)?.unwrap_or(0);
-                    let kind = if kind == EntryType::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
+                    let kind = if kind == EntryType::Char {
+                        SFlag::S_IFCHR
+                    } else {
+                        SFlag::S_IFBLK
+                    };
                     nix::sys::stat::mknod(
                         &path,
                         kind,
@@ -253,11 +296,14 @@ impl Unpacker<'_> {
                         nix::sys::stat::makedev(major.into(), minor.into()),
                     )
                     .map_err(|e| io_err(e.into()))?;
-                    self.chown_chmod_path(&path, uid, gid, mode).map_err(io_err)?;
+                    self.chown_chmod_path(&path, uid, gid, mode)
+                        .map_err(io_err)?;
                 }
                 EntryType::Fifo => {
-                    nix::unistd::mkfifo(&path, NixMode::from_bits_truncate(mode)).map_err(|e| io_err(e.into()))?;
-                    self.chown_chmod_path(&path, uid, gid, mode).map_err(io_err)?;
+                    nix::unistd::mkfifo(&path, NixMode::from_bits_truncate(mode))
+                        .map_err(|e| io_err(e.into()))?;
+                    self.chown_chmod_path(&path, uid, gid, mode)
+                        .map_err(io_err)?;
                 }
                 other => return Err(refuse(format!("unsupported tar entry type {other:?}"))),
             }
@@ -287,13 +333,25 @@ impl Unpacker<'_> {
             shown.push(c);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(format!("it would write through the symlink {:?}", shown.display().to_string()));
+                    return Err(format!(
+                        "it would write through the symlink {:?}",
+                        shown.display().to_string()
+                    ));
                 }
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("parent {:?} is not a directory", shown.display().to_string())),
+                Ok(_) => {
+                    return Err(format!(
+                        "parent {:?} is not a directory",
+                        shown.display().to_string()
+                    ));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    fs::create_dir(&cur).map_err(|e| format!("creating {:?}: {e}", shown.display().to_string()))?;
+                    fs::create_dir(&cur)
+                        .map_err(|e| format!("creating {:?}: {e}", shown.display().to_string()))?;
                     self.written.insert(shown.clone());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(format!("{:?} is not in this layer", shown.display().to_string()));
                 }
                 Err(e) => return Err(format!("{:?}: {e}", shown.display().to_string())),
             }
@@ -356,14 +414,21 @@ impl Unpacker<'_> {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }
 
-    fn apply_xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, path: &Path, name: &str) -> Result<(), UnpackError> {
+    fn apply_xattrs<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &Path,
+        name: &str,
+    ) -> Result<(), UnpackError> {
         let Some(exts) = entry.pax_extensions().map_err(UnpackError::Tar)? else {
             return Ok(());
         };
         for ext in exts {
             let ext = ext.map_err(UnpackError::Tar)?;
             let Ok(key) = ext.key() else { continue };
-            let Some(attr) = key.strip_prefix("SCHILY.xattr.") else { continue };
+            let Some(attr) = key.strip_prefix("SCHILY.xattr.") else {
+                continue;
+            };
             if attr.starts_with("trusted.overlay.") {
                 tracing::warn!("layer entry {name:?}: xattr {attr} dropped (overlayfs metadata)");
                 continue;
@@ -405,7 +470,10 @@ fn time(secs: u64) -> SystemTime {
 }
 
 /// Opens a layer stream for reading its tar: gzip (multi-member), zstd (multi-frame) or plain.
-pub fn decompress<'a, R: Read + 'a>(r: R, c: super::spec::Compression) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a, R: Read + 'a>(
+    r: R,
+    c: super::spec::Compression,
+) -> io::Result<Box<dyn Read + 'a>> {
     use super::spec::Compression;
     Ok(match c {
         Compression::None => Box::new(r),
@@ -421,7 +489,8 @@ struct ZstdFrames<R: io::BufRead> {
 
 impl<R: io::BufRead> ZstdFrames<R> {
     fn new(r: R) -> io::Result<Self> {
-        let d = ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+        let d = ruzstd::decoding::StreamingDecoder::new(r)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
         Ok(ZstdFrames { cur: Some(d) })
     }
 }
@@ -429,20 +498,24 @@ impl<R: io::BufRead> ZstdFrames<R> {
 impl<R: io::BufRead> Read for ZstdFrames<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let Some(d) = self.cur.as_mut() else { return Ok(0) };
+            let Some(d) = self.cur.as_mut() else {
+                return Ok(0);
+            };
             let n = d.read(buf)?;
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
-            let Some(d) = self.cur.take() else { return Ok(0) };
+            let Some(d) = self.cur.take() else {
+                return Ok(0);
+            };
             let mut src = d.into_inner();
             if src.fill_buf()?.is_empty() {
                 return Ok(0);
             }
-            self.cur = Some(
-                ruzstd::decoding::StreamingDecoder::new(src)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?,
-            );
+            self.cur =
+                Some(ruzstd::decoding::StreamingDecoder::new(src).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}"))
+                })?);
         }
     }
 }
