@@ -34,7 +34,7 @@ fn big_layout(busybox: &Path) -> Result<PathBuf> {
     eprintln!("xtask: building the ~100 MB benchmark image");
     let _ = std::fs::remove_dir_all(&dir);
     let mut layout = Layout::create(&dir)?;
-    let mut layers = testkit::busybox_layers(busybox)?;
+    let mut layers = testkit::busybox_layers(busybox, Compression::Gzip)?;
     for i in 0..5u64 {
         let mut entries = vec![Entry::dir(&format!("data{i}"))];
         for f in 0..40u64 {

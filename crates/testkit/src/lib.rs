@@ -26,9 +26,9 @@ pub fn busybox() -> Result<PathBuf> {
 /// The two layers of the test busybox image.
 ///
 /// Layer 1 (gzip): busybox, applet symlinks, /etc, a file and a directory that layer 2 hides.
-/// Layer 2 (zstd): a whiteout of /etc/motd, an opaque /opt/old, odd modes and owners, a
+/// Layer 2 (`second`, zstd in the registry tests): a whiteout of /etc/motd, an opaque /opt/old, odd modes and owners, a
 /// hardlink, a fifo, a device node and an xattr.
-pub fn busybox_layers(busybox: &Path) -> Result<Vec<Layer>> {
+pub fn busybox_layers(busybox: &Path, second: Compression) -> Result<Vec<Layer>> {
     let bb = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let mut l1 = vec![
         Entry::dir("bin"),
@@ -65,20 +65,23 @@ pub fn busybox_layers(busybox: &Path) -> Result<Vec<Layer>> {
         Entry::Fifo { path: "data/fifo".into(), mode: 0o600 },
         Entry::Char { path: "data/null".into(), major: 1, minor: 3, mode: 0o666 },
     ];
-    Ok(vec![Layer::new(&l1, Compression::Gzip)?, Layer::new(&l2, Compression::Zstd)?])
+    Ok(vec![Layer::new(&l1, Compression::Gzip)?, Layer::new(&l2, second)?])
 }
 
 /// Writes an OCI layout with the busybox image tagged `latest` (a linux/amd64 + linux/arm64
-/// index) and `amd64` (the amd64 manifest alone). Returns the amd64 manifest digest.
+/// index), `amd64` (the amd64 manifest alone) and `gzip` (the same with both layers gzipped,
+/// for tools that cannot write zstd into docker archives). Returns the amd64 manifest digest.
 pub fn busybox_layout(busybox: &Path, dir: &Path) -> Result<String> {
     let mut layout = Layout::create(dir)?;
-    let amd64 = layout.image(&busybox_layers(busybox)?, "amd64", &["sh"])?;
+    let amd64 = layout.image(&busybox_layers(busybox, Compression::Zstd)?, "amd64", &["sh"])?;
+    let gzip = layout.image(&busybox_layers(busybox, Compression::Gzip)?, "amd64", &["sh"])?;
     let arm_layer = Layer::new(&[Entry::file("ARM64", 0o644, b"not for this machine\n")], Compression::Gzip)?;
     let arm64 = layout.image(&[arm_layer], "arm64", &["sh"])?;
     let digest = amd64["digest"].as_str().unwrap_or_default().to_owned();
     let index = layout.nested_index(vec![arm64, amd64.clone()])?;
     layout.tag(index, "latest")?;
     layout.tag(amd64, "amd64")?;
+    layout.tag(gzip, "gzip")?;
     Ok(digest)
 }
 

@@ -30,7 +30,9 @@ pub struct Registry {
     pub addr: String,
     pub dir: PathBuf,
     child: Child,
-    token_server: Option<TokenServer>,
+    /// Kept alive (and stopped on drop) with the registry.
+    _token_server: Option<TokenServer>,
+    creds: Option<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -43,6 +45,10 @@ impl Registry {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut token_server = None;
+        let creds = match &auth {
+            Auth::Anonymous => None,
+            Auth::Basic { user, password } | Auth::Token { user, password } => Some(format!("{user}:{password}")),
+        };
         let auth_yaml = match &auth {
             Auth::Anonymous => String::new(),
             Auth::Basic { user, password } => {
@@ -83,7 +89,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("starting docker-registry (apt-get install docker-registry)")?;
-        let reg = Registry { addr, dir: dir.to_path_buf(), child, token_server };
+        let reg = Registry { addr, dir: dir.to_path_buf(), child, _token_server: token_server, creds };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&reg.addr).is_err() {
             if Instant::now() > deadline {
@@ -102,7 +108,7 @@ impl Registry {
 
     /// skopeo credentials for pushing to this registry.
     pub fn creds(&self) -> Option<String> {
-        self.token_server.as_ref().map(|t| format!("{}:{}", t.user, t.password))
+        self.creds.clone()
     }
 }
 
@@ -116,8 +122,6 @@ impl Drop for Registry {
 struct TokenServer {
     addr: String,
     cert: PathBuf,
-    user: String,
-    password: String,
     stop: Arc<AtomicBool>,
 }
 
@@ -163,7 +167,7 @@ impl TokenServer {
                 }
             }
         });
-        Ok(TokenServer { addr, cert, user: user.into(), password: password.into(), stop })
+        Ok(TokenServer { addr, cert, stop })
     }
 }
 

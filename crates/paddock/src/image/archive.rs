@@ -35,9 +35,9 @@ fn invalid(what: impl Into<String>, why: impl Into<String>) -> StoreError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |err| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 
@@ -97,10 +97,10 @@ pub fn load_reader(
     let c = Compression::sniff(head);
     let scratch = store.scratch_dir("load")?;
     let tar = unpack::decompress(r, c).map_err(|e| invalid("archive", e.to_string()))?;
-    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|source| {
+    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|err| {
         StoreError::Unpack {
             what: "archive".into(),
-            source,
+            err,
         }
     })?;
     load_dir(store, &scratch.0, tag, progress)
@@ -346,6 +346,8 @@ fn append(
     h.set_size(size);
     h.set_mode(0o644);
     h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_entry_type(tar::EntryType::Regular);
     tar.append_data(&mut h, path, data)
         .map_err(|e| invalid(format!("writing {path}"), e.to_string()))
@@ -356,6 +358,8 @@ fn append_dir(tar: &mut tar::Builder<&mut dyn Write>, path: &str) -> Result<(), 
     h.set_size(0);
     h.set_mode(0o755);
     h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_entry_type(tar::EntryType::Directory);
     tar.append_data(&mut h, path, io::empty())
         .map_err(|e| invalid(format!("writing {path}"), e.to_string()))

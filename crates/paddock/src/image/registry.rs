@@ -85,10 +85,10 @@ impl RegistryAuths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{url}: {source}")]
+    #[error("{url}: {err}")]
     Transport {
         url: String,
-        source: Box<ureq::Error>,
+        err: Box<ureq::Error>,
     },
     #[error("{url}: http {status}: {message}")]
     Status {
@@ -100,10 +100,10 @@ pub enum RegistryError {
     Auth { registry: String, why: String },
     #[error("{reference}: not found in registry ({message})")]
     NotFound { reference: String, message: String },
-    #[error("{url}: reading response: {source}")]
+    #[error("{url}: reading response: {err}")]
     Body {
         url: String,
-        source: Box<ureq::Error>,
+        err: Box<ureq::Error>,
     },
 }
 
@@ -174,7 +174,7 @@ impl Session {
                 Err(e) => {
                     last = Some(RegistryError::Transport {
                         url,
-                        source: Box::new(e),
+                        err: Box::new(e),
                     })
                 }
             }
@@ -203,7 +203,7 @@ impl Session {
             }
             let resp = req.call().map_err(|e| RegistryError::Transport {
                 url: url.into(),
-                source: Box::new(e),
+                err: Box::new(e),
             })?;
             if resp.status().as_u16() != 401 || authed_once {
                 if resp.status().as_u16() == 401 {
@@ -266,7 +266,7 @@ impl Session {
                 }
                 let mut resp = req.call().map_err(|e| RegistryError::Transport {
                     url: realm.clone(),
-                    source: Box::new(e),
+                    err: Box::new(e),
                 })?;
                 let status = resp.status().as_u16();
                 let body = resp
@@ -320,7 +320,7 @@ impl Session {
             .read_to_vec()
             .map_err(|e| RegistryError::Body {
                 url: url.clone(),
-                source: Box::new(e),
+                err: Box::new(e),
             })?;
         match status {
             200 => Ok((body, ct)),

@@ -115,10 +115,10 @@ pub enum ManifestOrIndex {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("{what}: malformed json: {source}")]
+    #[error("{what}: malformed json: {err}")]
     Json {
         what: String,
-        source: serde_json::Error,
+        err: serde_json::Error,
     },
     #[error("{what}: unsupported media type {media_type:?}")]
     MediaType { what: String, media_type: String },
@@ -129,9 +129,9 @@ impl ManifestOrIndex {
     /// `mediaType`, and a body with a `manifests` array is an index.
     pub fn parse(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Self, SpecError> {
         let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+            serde_json::from_slice(bytes).map_err(|err| SpecError::Json {
                 what: what.into(),
-                source,
+                err,
             })?;
         let body_mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
         let mt = content_type
@@ -151,7 +151,7 @@ impl ManifestOrIndex {
         };
         let json = |e| SpecError::Json {
             what: what.into(),
-            source: e,
+            err: e,
         };
         if v.get("schemaVersion").and_then(|s| s.as_u64()) == Some(1) {
             return Err(SpecError::MediaType {
@@ -214,9 +214,9 @@ pub struct RootFs {
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8], what: &str) -> Result<Self, SpecError> {
-        serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+        serde_json::from_slice(bytes).map_err(|err| SpecError::Json {
             what: what.into(),
-            source,
+            err,
         })
     }
 }

@@ -48,10 +48,10 @@ pub enum StoreError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("{what}: {source}")]
-    Unpack { what: String, source: UnpackError },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{what}: {err}")]
+    Unpack { what: String, err: UnpackError },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
         what: String,
@@ -73,9 +73,9 @@ pub enum StoreError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |err| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 
@@ -200,7 +200,7 @@ impl Store {
                 why: format!("corrupt image index: {e}"),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(StoreError::Io { path: p, source: e }),
+            Err(e) => Err(StoreError::Io { path: p, err: e }),
         }
     }
 
@@ -468,9 +468,9 @@ impl Store {
                     let fs_dir = layer_tmp.join("fs");
                     fs::create_dir_all(&fs_dir).map_err(io_at(&fs_dir))?;
                     unpack::unpack(&mut diff, &fs_dir, unpack::Mode::Overlay).map_err(
-                        |source| StoreError::Unpack {
+                        |err| StoreError::Unpack {
                             what: what.clone(),
-                            source,
+                            err,
                         },
                     )?;
                 }
@@ -507,7 +507,7 @@ impl Store {
             }
             let blob_file = blob_w.into_inner().map_err(|e| StoreError::Io {
                 path: blob_tmp.clone(),
-                source: e.into_error(),
+                err: e.into_error(),
             })?;
             blob_file.sync_all().map_err(io_at(&blob_tmp))?;
             let dest = self.blob_path(&desc.digest);
@@ -529,7 +529,7 @@ impl Store {
                     if !dest.join("layer.json").is_file() {
                         return Err(StoreError::Io {
                             path: dest,
-                            source: e,
+                            err: e,
                         });
                     }
                 }
@@ -812,7 +812,7 @@ impl Store {
                     why: e.to_string(),
                 })?;
             unpack::unpack(r, dest, unpack::Mode::Flatten)
-                .map_err(|source| StoreError::Unpack { what, source })?;
+                .map_err(|err| StoreError::Unpack { what, err })?;
         }
         Ok(())
     }

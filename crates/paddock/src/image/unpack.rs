@@ -43,10 +43,10 @@ pub enum Mode {
 pub enum UnpackError {
     #[error("layer entry {entry:?} refused: {why}")]
     Refused { entry: String, why: String },
-    #[error("layer entry {entry:?}: {source}")]
-    Io { entry: String, source: io::Error },
+    #[error("layer entry {entry:?}: {err}")]
+    Io { entry: String, err: io::Error },
     #[error("reading layer tar: {0}")]
-    Tar(#[source] io::Error),
+    Tar(io::Error),
 }
 
 /// What an unpack did.
@@ -134,9 +134,9 @@ impl Unpacker<'_> {
             entry: name.clone(),
             why,
         };
-        let io_err = |source: io::Error| UnpackError::Io {
+        let io_err = |err: io::Error| UnpackError::Io {
             entry: name.clone(),
-            source,
+            err,
         };
         let kind = entry.header().entry_type();
         if matches!(
