@@ -41,12 +41,17 @@ fn big_layout(busybox: &Path) -> Result<PathBuf> {
             let data = if f % 2 == 0 {
                 testkit::layout::noise(250_000, i * 100 + f)
             } else {
-                let line = format!("layer {i} file {f}: the quick brown fox jumps over the lazy dog\n");
+                let line =
+                    format!("layer {i} file {f}: the quick brown fox jumps over the lazy dog\n");
                 line.repeat(250_000 / line.len()).into_bytes()
             };
             entries.push(Entry::file(&format!("data{i}/f{f}"), 0o644, &data));
         }
-        let c = if i == 4 { Compression::Zstd } else { Compression::Gzip };
+        let c = if i == 4 {
+            Compression::Zstd
+        } else {
+            Compression::Gzip
+        };
         layers.push(Layer::new(&entries, c)?);
     }
     let desc = layout.image(&layers, "amd64", &["sh"])?;
@@ -61,22 +66,43 @@ fn pull(runs: usize) -> Result<()> {
     let work = cache_dir().join("bench/pull");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let registry = testkit::registry::Registry::start(&work.join("registry"), testkit::registry::Auth::Anonymous)?;
+    let registry = testkit::registry::Registry::start(
+        &work.join("registry"),
+        testkit::registry::Auth::Anonymous,
+    )?;
     let layout = big_layout(&fx.busybox)?;
     let image = format!("{}/bench/big:latest", registry.addr);
-    testkit::skopeo_copy(&format!("oci:{}:latest", layout.display()), &format!("docker://{image}"), &[])?;
-    let size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
-    eprintln!("xtask: image {image}: {:.1} MB compressed; {runs} runs each", size as f64 / 1e6);
+    testkit::skopeo_copy(
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{image}"),
+        &[],
+    )?;
+    let size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "xtask: image {image}: {:.1} MB compressed; {runs} runs each",
+        size as f64 / 1e6
+    );
 
     let mut ours = vec![];
     let mut peer = vec![];
     for i in 0..runs {
         let root = work.join(format!("ros-{i}"));
         let t = Instant::now();
-        let out = Command::new(&ros).arg("--root").arg(&root).args(["image", "pull", "-q", &image]).output()?;
+        let out = Command::new(&ros)
+            .arg("--root")
+            .arg(&root)
+            .args(["image", "pull", "-q", &image])
+            .output()?;
         let dt = t.elapsed();
         if !out.status.success() {
-            bail!("ros image pull failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "ros image pull failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         ours.push(dt);
         std::fs::remove_dir_all(&root)?;
@@ -84,25 +110,54 @@ fn pull(runs: usize) -> Result<()> {
         let oci = work.join(format!("oci-{i}"));
         let bundle = work.join(format!("bundle-{i}"));
         let t = Instant::now();
-        testkit::skopeo_copy(&format!("docker://{image}"), &format!("oci:{}:latest", oci.display()), &[])?;
+        testkit::skopeo_copy(
+            &format!("docker://{image}"),
+            &format!("oci:{}:latest", oci.display()),
+            &[],
+        )?;
         let mut umoci = Command::new("umoci");
         umoci.arg("unpack");
         if !is_root() {
             umoci.arg("--rootless");
         }
-        let out = umoci.arg("--image").arg(format!("{}:latest", oci.display())).arg(&bundle).output().context("running umoci")?;
+        let out = umoci
+            .arg("--image")
+            .arg(format!("{}:latest", oci.display()))
+            .arg(&bundle)
+            .output()
+            .context("running umoci")?;
         let dt = t.elapsed();
         if !out.status.success() {
-            bail!("umoci unpack failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "umoci unpack failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         peer.push(dt);
         sh(Command::new("rm").arg("-rf").arg(&oci).arg(&bundle))?;
-        eprintln!("  run {}: ros {:.0} ms, skopeo+umoci {:.0} ms", i + 1, ours[i].as_secs_f64() * 1e3, peer[i].as_secs_f64() * 1e3);
+        eprintln!(
+            "  run {}: ros {:.0} ms, skopeo+umoci {:.0} ms",
+            i + 1,
+            ours[i].as_secs_f64() * 1e3,
+            peer[i].as_secs_f64() * 1e3
+        );
     }
     let (m_ours, m_peer) = (median(ours), median(peer));
-    println!("bench pull ({runs} runs, median wall time, pull + unpack of a {:.0} MB 7-layer image from a local registry)", size as f64 / 1e6);
-    println!("  ros image pull            {:>8.0} ms", m_ours.as_secs_f64() * 1e3);
-    println!("  skopeo copy + umoci unpack {:>7.0} ms", m_peer.as_secs_f64() * 1e3);
-    println!("  ratio ros / peer          {:>8.2}   (target <= 1.00)", m_ours.as_secs_f64() / m_peer.as_secs_f64());
+    println!(
+        "bench pull ({runs} runs, median wall time, pull + unpack of a {:.0} MB 7-layer image from a local registry)",
+        size as f64 / 1e6
+    );
+    println!(
+        "  ros image pull            {:>8.0} ms",
+        m_ours.as_secs_f64() * 1e3
+    );
+    println!(
+        "  skopeo copy + umoci unpack {:>7.0} ms",
+        m_peer.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratio ros / peer          {:>8.2}   (target <= 1.00)",
+        m_ours.as_secs_f64() / m_peer.as_secs_f64()
+    );
     Ok(())
 }

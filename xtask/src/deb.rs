@@ -35,23 +35,38 @@ pub fn extract(pkg: &str) -> Result<PathBuf> {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_"))))
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+                    })
                     .collect()
             })
             .unwrap_or_default()
     };
     if debs(&dl).is_empty() {
         eprintln!("xtask: apt-get download {pkg}");
-        let ok = Command::new("apt-get").arg("download").arg(pkg).current_dir(&dl).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("apt-get")
+            .arg("download")
+            .arg(pkg)
+            .current_dir(&dl)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             apt_update_once()?;
-            sh(Command::new("apt-get").arg("download").arg(pkg).current_dir(&dl))?;
+            sh(Command::new("apt-get")
+                .arg("download")
+                .arg(pkg)
+                .current_dir(&dl))?;
         }
     }
-    let Some(deb) = debs(&dl).into_iter().next() else { bail!("apt-get download {pkg} produced no .deb") };
+    let Some(deb) = debs(&dl).into_iter().next() else {
+        bail!("apt-get download {pkg} produced no .deb")
+    };
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    sh(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir)).with_context(|| format!("extracting {}", deb.display()))?;
+    sh(Command::new("dpkg").arg("-x").arg(&deb).arg(&dir))
+        .with_context(|| format!("extracting {}", deb.display()))?;
     std::fs::write(&done, b"")?;
     Ok(dir)
 }

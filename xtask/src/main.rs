@@ -52,7 +52,10 @@ fn main() -> ExitCode {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Where downloads and built fixtures are cached between runs (inside target/, never committed).
@@ -61,7 +64,11 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Runs a command, failing with its name if it fails.
@@ -80,7 +87,11 @@ fn cargo() -> Command {
 
 /// Installs missing Debian packages (quiet when everything is present).
 fn setup() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, f)| !Path::new(f).exists()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -115,8 +126,19 @@ fn test(args: &[String]) -> Result<()> {
     eprintln!("xtask: cargo fmt --check");
     sh(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
     eprintln!("xtask: cargo clippy");
-    sh(cargo().current_dir(&root).args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
-    let nextest = Command::new(cargo_bin("cargo-nextest")).arg("--version").output().is_ok();
+    sh(cargo().current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let nextest = Command::new(cargo_bin("cargo-nextest"))
+        .arg("--version")
+        .output()
+        .is_ok();
     let mut cmd = cargo();
     cmd.current_dir(&root).env("PADDOCK_BUSYBOX", &fx.busybox);
     if nextest {
@@ -138,7 +160,9 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
-    let home = env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cargo"));
     let p = home.join("bin").join(name);
     if p.exists() { p } else { PathBuf::from(name) }
 }
@@ -153,13 +177,25 @@ pub fn build_ros() -> Result<PathBuf> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"))
         .unwrap_or(false);
-    let (target, rustflags) =
-        if musl { ("x86_64-unknown-linux-musl", String::new()) } else { (target, "-C target-feature=+crt-static".to_owned()) };
+    let (target, rustflags) = if musl {
+        ("x86_64-unknown-linux-musl", String::new())
+    } else {
+        (target, "-C target-feature=+crt-static".to_owned())
+    };
     eprintln!("xtask: building ros for {target} (static)");
     sh(cargo()
         .current_dir(&root)
         .env("RUSTFLAGS", rustflags)
-        .args(["build", "--release", "--package", "paddock", "--bin", "ros", "--target", target]))?;
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "paddock",
+            "--bin",
+            "ros",
+            "--target",
+            target,
+        ]))?;
     Ok(root.join("target").join(target).join("release/ros"))
 }
 
@@ -172,13 +208,22 @@ fn run() -> Result<()> {
     let demo = cache_dir().join("demo");
     let _ = std::fs::remove_dir_all(&demo);
     std::fs::create_dir_all(&demo)?;
-    let registry = testkit::registry::Registry::start(&demo.join("registry"), testkit::registry::Auth::Anonymous)?;
+    let registry = testkit::registry::Registry::start(
+        &demo.join("registry"),
+        testkit::registry::Auth::Anonymous,
+    )?;
     let layout = demo.join("layout");
     testkit::busybox_layout(&fx.busybox, &layout)?;
     let image = format!("{}/paddock/busybox:latest", registry.addr);
-    testkit::skopeo_copy(&format!("oci:{}:latest", layout.display()), &format!("docker://{image}"), &["--all"])?;
+    testkit::skopeo_copy(
+        &format!("oci:{}:latest", layout.display()),
+        &format!("docker://{image}"),
+        &["--all"],
+    )?;
     let root = demo.join("root");
-    let ros_cmd = |args: &[&str]| -> Result<()> { sh(Command::new(&ros).arg("--root").arg(&root).args(args)) };
+    let ros_cmd = |args: &[&str]| -> Result<()> {
+        sh(Command::new(&ros).arg("--root").arg(&root).args(args))
+    };
     ros_cmd(&["image", "pull", &image])?;
     ros_cmd(&["image", "ls"])?;
     ros_cmd(&["image", "inspect", &image])?;

@@ -22,26 +22,66 @@ pub fn sha256(data: &[u8]) -> String {
 /// included) so hostile layers can be built.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, uid: u64, gid: u64, data: Vec<u8>, xattrs: Vec<(String, Vec<u8>)> },
-    Symlink { path: String, target: String },
-    Hardlink { path: String, target: String },
-    Char { path: String, major: u32, minor: u32, mode: u32 },
-    Fifo { path: String, mode: u32 },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        data: Vec<u8>,
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
+    Char {
+        path: String,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
+    Fifo {
+        path: String,
+        mode: u32,
+    },
 }
 
 impl Entry {
     pub fn dir(path: &str) -> Entry {
-        Entry::Dir { path: path.into(), mode: 0o755 }
+        Entry::Dir {
+            path: path.into(),
+            mode: 0o755,
+        }
     }
     pub fn file(path: &str, mode: u32, data: &[u8]) -> Entry {
-        Entry::File { path: path.into(), mode, uid: 0, gid: 0, data: data.to_vec(), xattrs: vec![] }
+        Entry::File {
+            path: path.into(),
+            mode,
+            uid: 0,
+            gid: 0,
+            data: data.to_vec(),
+            xattrs: vec![],
+        }
     }
     pub fn symlink(path: &str, target: &str) -> Entry {
-        Entry::Symlink { path: path.into(), target: target.into() }
+        Entry::Symlink {
+            path: path.into(),
+            target: target.into(),
+        }
     }
     pub fn hardlink(path: &str, target: &str) -> Entry {
-        Entry::Hardlink { path: path.into(), target: target.into() }
+        Entry::Hardlink {
+            path: path.into(),
+            target: target.into(),
+        }
     }
 }
 
@@ -81,9 +121,19 @@ pub fn tar_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
         let mut data: &[u8] = &[];
         match e {
             Entry::Dir { path, mode } => h = raw_header(path, tar::EntryType::Directory, *mode, 0)?,
-            Entry::File { path, mode, uid, gid, data: d, xattrs } => {
+            Entry::File {
+                path,
+                mode,
+                uid,
+                gid,
+                data: d,
+                xattrs,
+            } => {
                 if !xattrs.is_empty() {
-                    let exts: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+                    let exts: Vec<(String, &[u8])> = xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                        .collect();
                     b.append_pax_extensions(exts.iter().map(|(k, v)| (k.as_str(), *v)))?;
                 }
                 h = raw_header(path, tar::EntryType::Regular, *mode, d.len() as u64)?;
@@ -99,7 +149,12 @@ pub fn tar_bytes(entries: &[Entry]) -> Result<Vec<u8>> {
                 h = raw_header(path, tar::EntryType::Link, 0o644, 0)?;
                 set_link(&mut h, target)?;
             }
-            Entry::Char { path, major, minor, mode } => {
+            Entry::Char {
+                path,
+                major,
+                minor,
+                mode,
+            } => {
                 h = raw_header(path, tar::EntryType::Char, *mode, 0)?;
                 h.set_device_major(*major)?;
                 h.set_device_minor(*minor)?;
@@ -120,7 +175,9 @@ pub fn compress(data: &[u8], c: Compression) -> Result<Vec<u8>> {
             e.write_all(data)?;
             e.finish()?
         }
-        Compression::Zstd => ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest),
+        Compression::Zstd => {
+            ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+        }
     })
 }
 
@@ -151,21 +208,31 @@ pub struct Layer {
 
 impl Layer {
     pub fn new(entries: &[Entry], compression: Compression) -> Result<Layer> {
-        Ok(Layer { tar: tar_bytes(entries)?, compression })
+        Ok(Layer {
+            tar: tar_bytes(entries)?,
+            compression,
+        })
     }
 }
 
 impl Layout {
     pub fn create(dir: &Path) -> Result<Layout> {
-        fs::create_dir_all(dir.join("blobs/sha256")).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir.join("blobs/sha256"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(Layout { dir: dir.to_path_buf(), index: vec![] })
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            index: vec![],
+        })
     }
 
     /// Stores a blob, returning its digest.
     pub fn blob(&self, data: &[u8]) -> Result<String> {
         let d = sha256(data);
-        fs::write(self.dir.join("blobs/sha256").join(&d["sha256:".len()..]), data)?;
+        fs::write(
+            self.dir.join("blobs/sha256").join(&d["sha256:".len()..]),
+            data,
+        )?;
         Ok(d)
     }
 

@@ -34,16 +34,25 @@ pub fn busybox_layers(busybox: &Path, second: Compression) -> Result<Vec<Layer>>
         Entry::dir("bin"),
         Entry::file("bin/busybox", 0o755, &bb),
         Entry::dir("etc"),
-        Entry::file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nrancher:x:1100:1100::/home/rancher:/bin/sh\n"),
+        Entry::file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nrancher:x:1100:1100::/home/rancher:/bin/sh\n",
+        ),
         Entry::file("etc/group", 0o644, b"root:x:0:\nrancher:x:1100:\n"),
         Entry::file("etc/motd", 0o644, b"hidden by a whiteout\n"),
         Entry::dir("opt"),
         Entry::dir("opt/old"),
         Entry::file("opt/old/gone.txt", 0o644, b"hidden by an opaque dir\n"),
-        Entry::Dir { path: "tmp".into(), mode: 0o1777 },
+        Entry::Dir {
+            path: "tmp".into(),
+            mode: 0o1777,
+        },
         Entry::dir("root"),
     ];
-    for applet in ["sh", "echo", "ls", "cat", "true", "false", "sleep", "id", "env", "stat", "httpd"] {
+    for applet in [
+        "sh", "echo", "ls", "cat", "true", "false", "sleep", "id", "env", "stat", "httpd",
+    ] {
         l1.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }
     let l2 = vec![
@@ -62,10 +71,21 @@ pub fn busybox_layers(busybox: &Path, second: Compression) -> Result<Vec<Layer>>
         },
         Entry::file("data/setuid", 0o4755, b"#!/bin/sh\n"),
         Entry::hardlink("data/hardlink", "data/owned"),
-        Entry::Fifo { path: "data/fifo".into(), mode: 0o600 },
-        Entry::Char { path: "data/null".into(), major: 1, minor: 3, mode: 0o666 },
+        Entry::Fifo {
+            path: "data/fifo".into(),
+            mode: 0o600,
+        },
+        Entry::Char {
+            path: "data/null".into(),
+            major: 1,
+            minor: 3,
+            mode: 0o666,
+        },
     ];
-    Ok(vec![Layer::new(&l1, Compression::Gzip)?, Layer::new(&l2, second)?])
+    Ok(vec![
+        Layer::new(&l1, Compression::Gzip)?,
+        Layer::new(&l2, second)?,
+    ])
 }
 
 /// Writes an OCI layout with the busybox image tagged `latest` (a linux/amd64 + linux/arm64
@@ -73,9 +93,20 @@ pub fn busybox_layers(busybox: &Path, second: Compression) -> Result<Vec<Layer>>
 /// for tools that cannot write zstd into docker archives). Returns the amd64 manifest digest.
 pub fn busybox_layout(busybox: &Path, dir: &Path) -> Result<String> {
     let mut layout = Layout::create(dir)?;
-    let amd64 = layout.image(&busybox_layers(busybox, Compression::Zstd)?, "amd64", &["sh"])?;
-    let gzip = layout.image(&busybox_layers(busybox, Compression::Gzip)?, "amd64", &["sh"])?;
-    let arm_layer = Layer::new(&[Entry::file("ARM64", 0o644, b"not for this machine\n")], Compression::Gzip)?;
+    let amd64 = layout.image(
+        &busybox_layers(busybox, Compression::Zstd)?,
+        "amd64",
+        &["sh"],
+    )?;
+    let gzip = layout.image(
+        &busybox_layers(busybox, Compression::Gzip)?,
+        "amd64",
+        &["sh"],
+    )?;
+    let arm_layer = Layer::new(
+        &[Entry::file("ARM64", 0o644, b"not for this machine\n")],
+        Compression::Gzip,
+    )?;
     let arm64 = layout.image(&[arm_layer], "arm64", &["sh"])?;
     let digest = amd64["digest"].as_str().unwrap_or_default().to_owned();
     let index = layout.nested_index(vec![arm64, amd64.clone()])?;
@@ -88,13 +119,21 @@ pub fn busybox_layout(busybox: &Path, dir: &Path) -> Result<String> {
 /// `skopeo copy` with TLS verification off for the loopback test registry.
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Result<()> {
     let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
         .args(extra)
         .args([src, dst])
         .output()
         .context("running skopeo (apt-get install skopeo, or run cargo xtask setup)")?;
     if !out.status.success() {
-        bail!("skopeo copy {src} {dst}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "skopeo copy {src} {dst}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

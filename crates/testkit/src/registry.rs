@@ -19,9 +19,15 @@ use base64::Engine as _;
 pub enum Auth {
     Anonymous,
     /// htpasswd basic auth with this user and password.
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// Bearer tokens from a token server that checks this user and password.
-    Token { user: String, password: String },
+    Token {
+        user: String,
+        password: String,
+    },
 }
 
 /// A running registry; killed on drop.
@@ -47,7 +53,9 @@ impl Registry {
         let mut token_server = None;
         let creds = match &auth {
             Auth::Anonymous => None,
-            Auth::Basic { user, password } | Auth::Token { user, password } => Some(format!("{user}:{password}")),
+            Auth::Basic { user, password } | Auth::Token { user, password } => {
+                Some(format!("{user}:{password}"))
+            }
         };
         let auth_yaml = match &auth {
             Auth::Anonymous => String::new(),
@@ -61,7 +69,10 @@ impl Registry {
                     bail!("htpasswd failed");
                 }
                 std::fs::write(&htpasswd, out.stdout)?;
-                format!("auth:\n  htpasswd:\n    realm: paddock-test\n    path: {}\n", htpasswd.display())
+                format!(
+                    "auth:\n  htpasswd:\n    realm: paddock-test\n    path: {}\n",
+                    htpasswd.display()
+                )
             }
             Auth::Token { user, password } => {
                 let ts = TokenServer::start(dir, user, password)?;
@@ -89,11 +100,21 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("starting docker-registry (apt-get install docker-registry)")?;
-        let reg = Registry { addr, dir: dir.to_path_buf(), child, _token_server: token_server, creds };
+        let reg = Registry {
+            addr,
+            dir: dir.to_path_buf(),
+            child,
+            _token_server: token_server,
+            creds,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&reg.addr).is_err() {
             if Instant::now() > deadline {
-                bail!("docker-registry did not listen on {} (see {}/registry.log)", reg.addr, dir.display());
+                bail!(
+                    "docker-registry did not listen on {} (see {}/registry.log)",
+                    reg.addr,
+                    dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -103,7 +124,11 @@ impl Registry {
     /// The filesystem path of a blob's data in the registry's storage (to corrupt it).
     pub fn blob_data(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self.dir.join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     /// skopeo credentials for pushing to this registry.
@@ -141,7 +166,17 @@ impl TokenServer {
         let key = dir.join("token.key");
         let cert = dir.join("token.crt");
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=paddock-test-token"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=paddock-test-token",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -151,12 +186,21 @@ impl TokenServer {
         if !out.status.success() {
             bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output()?.stdout;
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()?
+            .stdout;
         let x5c = base64::engine::general_purpose::STANDARD.encode(der);
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
         let stop = Arc::new(AtomicBool::new(false));
-        let (u, p, k, s) = (user.to_owned(), password.to_owned(), key.clone(), stop.clone());
+        let (u, p, k, s) = (
+            user.to_owned(),
+            password.to_owned(),
+            key.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -182,18 +226,26 @@ fn serve_token(conn: TcpStream, user: &str, password: &str, key: &Path, x5c: &st
         if r.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("authorization") {
-                authz = Some(v.trim().to_owned());
-            }
+        if let Some((_, v)) = line
+            .split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            authz = Some(v.trim().to_owned());
         }
     }
     let _ = r.take(0).read_to_end(&mut Vec::new());
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
     let mut w = conn;
     if authz.as_deref() != Some(expected.as_str()) {
         let body = r#"{"details":"wrong or missing credentials"}"#;
-        write!(w, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        write!(
+            w,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
         return Ok(());
     }
     // Grant whatever repository scope was asked for.
@@ -216,18 +268,31 @@ fn serve_token(conn: TcpStream, user: &str, password: &str, key: &Path, x5c: &st
         "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", std::process::id()),
         "access": access,
     });
-    let signing_input = format!("{}.{}", b64url(&serde_json::to_vec(&header)?), b64url(&serde_json::to_vec(&claims)?));
+    let signing_input = format!(
+        "{}.{}",
+        b64url(&serde_json::to_vec(&header)?),
+        b64url(&serde_json::to_vec(&claims)?)
+    );
     let mut child = Command::new("openssl")
         .args(["dgst", "-sha256", "-sign"])
         .arg(key)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    child.stdin.take().context("openssl stdin")?.write_all(signing_input.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("openssl stdin")?
+        .write_all(signing_input.as_bytes())?;
     let sig = child.wait_with_output()?.stdout;
     let token = format!("{signing_input}.{}", b64url(&sig));
-    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 600}).to_string();
-    write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 600}).to_string();
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     Ok(())
 }
 
@@ -236,12 +301,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| u8::from_str_radix(&s[i + 1..i + 3], 16).ok())
+            .flatten();
+        if let Some(v) = hex {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;

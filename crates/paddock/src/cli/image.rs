@@ -98,35 +98,59 @@ pub enum ListFormat {
 pub fn run(cmd: ImageCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
     let store = Store::open(&ctx.root, &ctx.data_root)?;
     match cmd {
-        ImageCmd::Pull { reference, creds, auth_file, insecure, quiet } => {
-            let mut opts = ClientOptions { insecure, ..Default::default() };
+        ImageCmd::Pull {
+            reference,
+            creds,
+            auth_file,
+            insecure,
+            quiet,
+        } => {
+            let mut opts = ClientOptions {
+                insecure,
+                ..Default::default()
+            };
             if let Some(f) = auth_file {
-                let b = fs::read(&f).with_context(|| format!("reading auth file {}", f.display()))?;
-                opts.auths = RegistryAuths::from_json(&b).with_context(|| format!("auth file {}", f.display()))?;
+                let b =
+                    fs::read(&f).with_context(|| format!("reading auth file {}", f.display()))?;
+                opts.auths = RegistryAuths::from_json(&b)
+                    .with_context(|| format!("auth file {}", f.display()))?;
             }
             if let Some(c) = creds {
-                let Some((u, p)) = c.split_once(':') else { bail!("--creds: expected USER:PASSWORD") };
+                let Some((u, p)) = c.split_once(':') else {
+                    bail!("--creds: expected USER:PASSWORD")
+                };
                 let r: Reference = reference.parse()?;
                 opts.auths.0.insert(
                     r.domain.clone(),
-                    AuthConfig { username: Some(u.into()), password: Some(p.into()), ..Default::default() },
+                    AuthConfig {
+                        username: Some(u.into()),
+                        password: Some(p.into()),
+                        ..Default::default()
+                    },
                 );
             }
             let bar = Bars::new(quiet);
             if !quiet {
                 eprintln!("Pulling {reference}");
             }
-            let img = store.pull(&reference, &opts, &bar).with_context(|| format!("pulling {reference}"))?;
+            let img = store
+                .pull(&reference, &opts, &bar)
+                .with_context(|| format!("pulling {reference}"))?;
             bar.finish();
             if quiet {
                 print(&format!("{}\n", img.id))?;
             } else {
-                print(&format!("Digest: {}\nStatus: pulled {}\n", img.manifest_digest, familiar(&img.names.first().cloned().unwrap_or_default())))?;
+                print(&format!(
+                    "Digest: {}\nStatus: pulled {}\n",
+                    img.manifest_digest,
+                    familiar(&img.names.first().cloned().unwrap_or_default())
+                ))?;
             }
         }
         ImageCmd::Load { input, tag, quiet } => {
             let bar = Bars::new(quiet);
-            let images = archive::load(&store, &input, tag.as_deref(), &bar).with_context(|| format!("loading {}", input.display()))?;
+            let images = archive::load(&store, &input, tag.as_deref(), &bar)
+                .with_context(|| format!("loading {}", input.display()))?;
             bar.finish();
             let mut out = String::new();
             for img in images {
@@ -139,7 +163,11 @@ pub fn run(cmd: ImageCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
             }
             print(&out)?;
         }
-        ImageCmd::Save { output, format, images } => {
+        ImageCmd::Save {
+            output,
+            format,
+            images,
+        } => {
             let format = match format {
                 SaveFormat::DockerArchive => Format::DockerArchive,
                 SaveFormat::OciArchive => Format::OciArchive,
@@ -148,7 +176,9 @@ pub fn run(cmd: ImageCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
                 Some(path) => save_to_file(&store, &images, format, &path)?,
                 None => {
                     if std::io::stdout().is_terminal() {
-                        bail!("refusing to write an archive to a terminal: use -o FILE or redirect stdout");
+                        bail!(
+                            "refusing to write an archive to a terminal: use -o FILE or redirect stdout"
+                        );
                     }
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                     archive::save(&store, &images, format, &mut out)?;
@@ -159,7 +189,10 @@ pub fn run(cmd: ImageCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
             let mut images = store.list()?;
             images.sort_by(|a, b| b.config.created.cmp(&a.config.created));
             if quiet {
-                let ids: Vec<String> = images.iter().map(|i| format!("{}\n", i.id.short())).collect();
+                let ids: Vec<String> = images
+                    .iter()
+                    .map(|i| format!("{}\n", i.id.short()))
+                    .collect();
                 print(&ids.concat())?;
             } else {
                 match format {
@@ -222,9 +255,23 @@ pub fn run(cmd: ImageCmd, ctx: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn save_to_file(store: &Store, images: &[String], format: Format, path: &std::path::Path) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp.{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+fn save_to_file(
+    store: &Store,
+    images: &[String],
+    format: Format,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let result = (|| -> anyhow::Result<()> {
         let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut w = std::io::BufWriter::new(f);
@@ -269,7 +316,15 @@ fn rows(images: &[Image]) -> Vec<(String, String, &Image)> {
 fn list_table(images: &[Image]) -> String {
     let rows: Vec<Vec<String>> = rows(images)
         .into_iter()
-        .map(|(r, t, img)| vec![r, t, img.id.short().to_owned(), img.config.created.clone().unwrap_or_default(), human_size(img.size)])
+        .map(|(r, t, img)| {
+            vec![
+                r,
+                t,
+                img.id.short().to_owned(),
+                img.config.created.clone().unwrap_or_default(),
+                human_size(img.size),
+            ]
+        })
         .collect();
     table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows)
 }
@@ -335,7 +390,11 @@ pub fn human_size(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n}B") } else { format!("{:.3}{}", v, UNITS[u]).replace(".000", "") }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{:.3}{}", v, UNITS[u]).replace(".000", "")
+    }
 }
 
 /// Progress bars on stderr: redrawn in place on a terminal, one line per event otherwise.
@@ -355,14 +414,22 @@ struct BarState {
 
 impl Bars {
     fn new(quiet: bool) -> Self {
-        Bars { quiet, tty: std::io::stderr().is_terminal(), state: Mutex::new(BarState::default()) }
+        Bars {
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            state: Mutex::new(BarState::default()),
+        }
     }
 
     fn redraw(&self, st: &mut BarState, force: bool) {
         if !self.tty || self.quiet {
             return;
         }
-        if !force && st.last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+        if !force
+            && st
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
             return;
         }
         st.last = Some(Instant::now());
@@ -376,7 +443,13 @@ impl Bars {
             let bar = match total {
                 Some(t) if *t > 0 && status == "Downloading" => {
                     let filled = ((*done as f64 / *t as f64) * 30.0).min(30.0) as usize;
-                    format!("[{}>{}] {}/{}", "=".repeat(filled), " ".repeat(30 - filled), human_size(*done), human_size(*t))
+                    format!(
+                        "[{}>{}] {}/{}",
+                        "=".repeat(filled),
+                        " ".repeat(30 - filled),
+                        human_size(*done),
+                        human_size(*t)
+                    )
                 }
                 _ => String::new(),
             };
@@ -395,19 +468,27 @@ impl Bars {
 
 impl Progress for Bars {
     fn start(&self, id: &str, total: Option<u64>) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if !st.lines.contains_key(id) {
             st.order.push(id.to_owned());
         }
-        st.lines.insert(id.to_owned(), (0, total, "Downloading".into()));
+        st.lines
+            .insert(id.to_owned(), (0, total, "Downloading".into()));
         if !self.tty && !self.quiet {
-            eprintln!("{id}: Downloading {}", total.map(human_size).unwrap_or_default());
+            eprintln!(
+                "{id}: Downloading {}",
+                total.map(human_size).unwrap_or_default()
+            );
         }
         self.redraw(&mut st, true);
     }
 
     fn advance(&self, id: &str, bytes: u64) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if let Some(l) = st.lines.get_mut(id) {
             l.0 += bytes;
         }
@@ -415,11 +496,16 @@ impl Progress for Bars {
     }
 
     fn done(&self, id: &str, status: &str) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         if !st.lines.contains_key(id) {
             st.order.push(id.to_owned());
         }
-        let entry = st.lines.entry(id.to_owned()).or_insert((0, None, String::new()));
+        let entry = st
+            .lines
+            .entry(id.to_owned())
+            .or_insert((0, None, String::new()));
         entry.2 = status.to_owned();
         if !self.tty && !self.quiet {
             eprintln!("{id}: {status}");
@@ -437,7 +523,13 @@ mod tests {
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(4_260_000), "4.260MB");
         assert_eq!(human_size(2_000_000), "2MB");
-        assert_eq!(repo_tag("docker.io/library/busybox:latest"), ("busybox".into(), "latest".into()));
-        assert_eq!(repo_tag("localhost:5000/a/b:1"), ("localhost:5000/a/b".into(), "1".into()));
+        assert_eq!(
+            repo_tag("docker.io/library/busybox:latest"),
+            ("busybox".into(), "latest".into())
+        );
+        assert_eq!(
+            repo_tag("localhost:5000/a/b:1"),
+            ("localhost:5000/a/b".into(), "1".into())
+        );
     }
 }

@@ -97,11 +97,9 @@ pub fn load_reader(
     let c = Compression::sniff(head);
     let scratch = store.scratch_dir("load")?;
     let tar = unpack::decompress(r, c).map_err(|e| invalid("archive", e.to_string()))?;
-    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|err| {
-        StoreError::Unpack {
-            what: "archive".into(),
-            err,
-        }
+    unpack::unpack(tar, &scratch.0, unpack::Mode::Flatten).map_err(|err| StoreError::Unpack {
+        what: "archive".into(),
+        err,
     })?;
     load_dir(store, &scratch.0, tag, progress)
 }

@@ -86,10 +86,7 @@ impl RegistryAuths {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{url}: {err}")]
-    Transport {
-        url: String,
-        err: Box<ureq::Error>,
-    },
+    Transport { url: String, err: Box<ureq::Error> },
     #[error("{url}: http {status}: {message}")]
     Status {
         url: String,
@@ -101,10 +98,7 @@ pub enum RegistryError {
     #[error("{reference}: not found in registry ({message})")]
     NotFound { reference: String, message: String },
     #[error("{url}: reading response: {err}")]
-    Body {
-        url: String,
-        err: Box<ureq::Error>,
-    },
+    Body { url: String, err: Box<ureq::Error> },
 }
 
 /// Options shared by every registry session.

@@ -241,7 +241,7 @@ pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Option<&'a Desc
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]

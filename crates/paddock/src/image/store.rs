@@ -316,11 +316,15 @@ impl Store {
                 why: "an index that points at another index".into(),
             });
         };
-        let name = r.name();
-        self.import(&bytes, &source, &[name], progress).map(|img| {
-            debug_assert_eq!(img.manifest_digest, manifest_digest);
-            img
-        })
+        let img = self.import(&bytes, &source, &[r.name()], progress)?;
+        if img.manifest_digest != manifest_digest {
+            return Err(StoreError::DigestMismatch {
+                what: format!("{r} manifest"),
+                expected: manifest_digest,
+                actual: img.manifest_digest,
+            });
+        }
+        Ok(img)
     }
 
     /// Imports an image whose manifest is `manifest_bytes`, reading missing blobs from
@@ -467,12 +471,12 @@ impl Store {
                 if !have_layer {
                     let fs_dir = layer_tmp.join("fs");
                     fs::create_dir_all(&fs_dir).map_err(io_at(&fs_dir))?;
-                    unpack::unpack(&mut diff, &fs_dir, unpack::Mode::Overlay).map_err(
-                        |err| StoreError::Unpack {
+                    unpack::unpack(&mut diff, &fs_dir, unpack::Mode::Overlay).map_err(|err| {
+                        StoreError::Unpack {
                             what: what.clone(),
                             err,
-                        },
-                    )?;
+                        }
+                    })?;
                 }
                 let (d, n) = diff.drain().map_err(|e| StoreError::Invalid {
                     what: what.clone(),
@@ -527,10 +531,7 @@ impl Store {
                 if let Err(e) = fs::rename(&layer_tmp, &dest) {
                     // Another import finished the same layer first: keep theirs.
                     if !dest.join("layer.json").is_file() {
-                        return Err(StoreError::Io {
-                            path: dest,
-                            err: e,
-                        });
+                        return Err(StoreError::Io { path: dest, err: e });
                     }
                 }
             }
@@ -619,10 +620,12 @@ impl Store {
             if let Some((md, e)) = idx.images.iter().find(|(_, e)| e.names.contains(&full)) {
                 return self.build_image(md, e.names.iter().cloned().collect());
             }
-            if let Some(d) = &r.digest {
-                if let Some(e) = idx.images.get(d) {
-                    return self.build_image(d, e.names.iter().cloned().collect());
-                }
+            if let Some((d, e)) = r
+                .digest
+                .as_ref()
+                .and_then(|d| idx.images.get(d).map(|e| (d, e)))
+            {
+                return self.build_image(d, e.names.iter().cloned().collect());
             }
         }
         let hex = what.strip_prefix("sha256:").unwrap_or(what);
@@ -729,7 +732,7 @@ impl Store {
             .collect();
         let mut report = PruneReport::default();
         for d in &dangling {
-            if let Some(img) = self.build_image(d, vec![]).ok() {
+            if let Ok(img) = self.build_image(d, vec![]) {
                 report.images.push(img.id);
             }
             idx.images.remove(d);
@@ -758,10 +761,12 @@ impl Store {
             };
             keep_blobs.insert(m.config.digest.hex().to_owned());
             keep_blobs.extend(m.layers.iter().map(|l| l.digest.hex().to_owned()));
-            if let Ok(cb) = self.read_blob(&m.config.digest) {
-                if let Ok(c) = ImageConfig::parse(&cb, md.as_str()) {
-                    keep_layers.extend(c.rootfs.diff_ids.iter().map(|d| d.hex().to_owned()));
-                }
+            let config = self
+                .read_blob(&m.config.digest)
+                .ok()
+                .and_then(|cb| ImageConfig::parse(&cb, md.as_str()).ok());
+            if let Some(c) = config {
+                keep_layers.extend(c.rootfs.diff_ids.iter().map(|d| d.hex().to_owned()));
             }
         }
         let mut report = PruneReport::default();

@@ -161,7 +161,7 @@ impl Unpacker<'_> {
         // Whiteouts.
         if file_name == OPAQUE {
             self.stats.whiteouts += 1;
-            let dir = self.ensure_parents(&rel).map_err(|w| refuse(w))?;
+            let dir = self.ensure_parents(&rel).map_err(&refuse)?;
             return self.opaque(&parent_rel, &dir).map_err(io_err);
         }
         if let Some(hidden) = file_name.strip_prefix(WH_PREFIX) {
@@ -172,13 +172,13 @@ impl Unpacker<'_> {
                 return Err(refuse(format!("whiteout names an invalid file {hidden:?}")));
             }
             self.stats.whiteouts += 1;
-            let dir = self.ensure_parents(&rel).map_err(|w| refuse(w))?;
+            let dir = self.ensure_parents(&rel).map_err(&refuse)?;
             return self
                 .whiteout(&parent_rel.join(hidden), &dir.join(hidden))
                 .map_err(io_err);
         }
 
-        let dir = self.ensure_parents(&rel).map_err(|w| refuse(w))?;
+        let dir = self.ensure_parents(&rel).map_err(&refuse)?;
         let path = dir.join(rel.file_name().unwrap_or_default());
         let h = entry.header();
         let mode = h.mode().map_err(io_err)? & 0o7777;
@@ -351,7 +351,10 @@ impl Unpacker<'_> {
                     self.written.insert(shown.clone());
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(format!("{:?} is not in this layer", shown.display().to_string()));
+                    return Err(format!(
+                        "{:?} is not in this layer",
+                        shown.display().to_string()
+                    ));
                 }
                 Err(e) => return Err(format!("{:?}: {e}", shown.display().to_string())),
             }
