@@ -24,7 +24,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// A ~100 MB image in six layers: busybox, then five 20 MB layers that mix incompressible
+/// A ~100 MB (uncompressed) image in seven layers: busybox, then five 20 MB layers that mix incompressible
 /// data with text, so both the network path and the decompressor matter.
 fn big_layout(busybox: &Path) -> Result<PathBuf> {
     let dir = cache_dir().join("bench/big-layout");
@@ -37,7 +37,7 @@ fn big_layout(busybox: &Path) -> Result<PathBuf> {
     let mut layers = testkit::busybox_layers(busybox, Compression::Gzip)?;
     for i in 0..5u64 {
         let mut entries = vec![Entry::dir(&format!("data{i}"))];
-        for f in 0..40u64 {
+        for f in 0..80u64 {
             let data = if f % 2 == 0 {
                 testkit::layout::noise(250_000, i * 100 + f)
             } else {

@@ -17,10 +17,21 @@ use crate::root::Root;
 
 /// Paddock's control tool.
 #[derive(Debug, Parser)]
-#[command(name = "ros", version, about = "Paddock control tool", propagate_version = true)]
+#[command(
+    name = "ros",
+    version,
+    about = "Paddock control tool",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Work below DIR instead of `/` (every path ros reads or writes is prefixed with it).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/", env = "ROS_ROOT")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/",
+        env = "ROS_ROOT"
+    )]
     pub root: PathBuf,
 
     /// The system engine's data directory (as the running OS sees it).
@@ -43,6 +54,9 @@ pub enum Command {
     /// Read, change and validate the cloud-config.
     #[command(subcommand, alias = "c")]
     Config(config::ConfigCmd),
+    /// Internal: the per-container monitor the engine spawns.
+    #[command(name = "__shim", hide = true)]
+    Shim { dir: PathBuf },
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -60,14 +74,24 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout and errors to stderr itself.
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    init_logging(cli.verbose);
-    let ctx = Context { root: Root::new(cli.root.clone()), data_root: cli.data_root.clone() };
+    // The shim's stderr becomes the container's in the runtime's forked init: keep it quiet.
+    let quiet = matches!(cli.command, Command::Shim { .. });
+    init_logging(if quiet { None } else { Some(cli.verbose) });
+    let ctx = Context {
+        root: Root::new(cli.root.clone()),
+        data_root: cli.data_root.clone(),
+    };
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd, &ctx),
         Command::Config(cmd) => config::run(cmd, &ctx),
+        Command::Shim { dir } => Ok(ExitCode::from(crate::engine::shim::main(&dir).clamp(0, 255) as u8)),
     };
     match result {
         Ok(code) => code,
@@ -79,12 +103,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: Option<u8>) {
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        None => "off",
+        Some(0) => "warn",
+        Some(1) => "info",
+        Some(2) => "debug",
+        Some(_) => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
