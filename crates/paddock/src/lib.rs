@@ -4,6 +4,8 @@
 //! [`cli::main`]. See ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod fsutil;
 pub mod image;
 pub mod root;

@@ -47,7 +47,10 @@ mod tests {
     fn paths_stay_below_the_prefix() {
         let r = Root::new("/tmp/x");
         assert_eq!(r.path("/var/lib/a"), PathBuf::from("/tmp/x/var/lib/a"));
-        assert_eq!(r.path("../../etc/passwd"), PathBuf::from("/tmp/x/etc/passwd"));
+        assert_eq!(
+            r.path("../../etc/passwd"),
+            PathBuf::from("/tmp/x/etc/passwd")
+        );
         assert_eq!(Root::default().path("/etc"), PathBuf::from("/etc"));
     }
 }

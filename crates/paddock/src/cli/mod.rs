@@ -4,6 +4,7 @@
 //! only `ros` itself exists; `init`, `system-docker` and friends join as they are built.
 
 mod config;
+pub mod dockerd;
 mod image;
 mod output;
 
@@ -69,6 +70,17 @@ pub struct Context {
 /// Entry point of the `ros` binary. Never panics on bad input: every failure is an error
 /// message on stderr and a non-zero exit status.
 pub fn main(args: Vec<OsString>) -> ExitCode {
+    // Multi-call: the name we were invoked as picks the tool.
+    let argv0 = args.first().map(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .unwrap_or(a.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    });
+    if argv0.as_deref() == Some("system-dockerd") {
+        return daemon_main(args);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -91,13 +103,37 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd, &ctx),
         Command::Config(cmd) => config::run(cmd, &ctx),
-        Command::Shim { dir } => Ok(ExitCode::from(crate::engine::shim::main(&dir).clamp(0, 255) as u8)),
+        Command::Shim { dir } => Ok(ExitCode::from(
+            crate::engine::shim::main(&dir).clamp(0, 255) as u8,
+        )),
     };
     match result {
         Ok(code) => code,
         Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ros: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn daemon_main(args: Vec<OsString>) -> ExitCode {
+    let a = match dockerd::DaemonArgs::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(Some(a.debug + 1));
+    match dockerd::run(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("system-dockerd: {e:#}");
             ExitCode::FAILURE
         }
     }

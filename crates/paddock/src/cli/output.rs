@@ -4,7 +4,10 @@ use std::io::{self, Write};
 
 /// True when the error chain bottoms out in EPIPE: the reader went away, which is not a failure.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Writes `text` to stdout, returning EPIPE as an error instead of panicking like `println!`.

@@ -86,22 +86,51 @@ pub fn parse(s: &str) -> Cmdline {
     let mut extra = Value::Object(Map::new());
     let mut extra_text = None;
     if let Some(after) = after {
-        extra = keys_to_tree(after, "kernel command line (after --)", &mut problems, &mut url);
+        extra = keys_to_tree(
+            after,
+            "kernel command line (after --)",
+            &mut problems,
+            &mut url,
+        );
         let text = after.join(" ");
-        let p = KeyPath::root().key("rancher").key("environment").key("EXTRA_CMDLINE");
+        let p = KeyPath::root()
+            .key("rancher")
+            .key("environment")
+            .key("EXTRA_CMDLINE");
         if path::set(&mut extra, &p, Value::String(text.clone())).is_err() {
-            problems.push(problem("kernel command line (after --)", &p, "conflicts with another key".into()));
+            problems.push(problem(
+                "kernel command line (after --)",
+                &p,
+                "conflicts with another key".into(),
+            ));
         }
         extra_text = Some(text);
     }
-    Cmdline { config, extra, extra_text, cloud_config_url: url, problems }
+    Cmdline {
+        config,
+        extra,
+        extra_text,
+        cloud_config_url: url,
+        problems,
+    }
 }
 
 fn problem(file: &str, key: &KeyPath, message: String) -> Problem {
-    Problem { file: file.into(), line: None, key: Some(key.to_string()), severity: Severity::Error, message }
+    Problem {
+        file: file.into(),
+        line: None,
+        key: Some(key.to_string()),
+        severity: Severity::Error,
+        message,
+    }
 }
 
-fn keys_to_tree(tokens: &[String], file: &str, problems: &mut Vec<Problem>, url: &mut Option<String>) -> Value {
+fn keys_to_tree(
+    tokens: &[String],
+    file: &str,
+    problems: &mut Vec<Problem>,
+    url: &mut Option<String>,
+) -> Value {
     let mut tree = Value::Object(Map::new());
     let mut seen: Vec<KeyPath> = Vec::new();
     for t in tokens {
@@ -176,17 +205,30 @@ mod tests {
 
     #[test]
     fn quotes_and_brackets_keep_spaces() {
-        let t = tokenize(r#"BOOT=x rancher.modules=[nbd nbds_max=1024, nfs] rancher.password="a b"  cc.x='c d' z"#);
-        assert_eq!(t, vec!["BOOT=x", "rancher.modules=[nbd nbds_max=1024, nfs]", "rancher.password=\"a b\"", "cc.x='c d'", "z"]);
+        let t = tokenize(
+            r#"BOOT=x rancher.modules=[nbd nbds_max=1024, nfs] rancher.password="a b"  cc.x='c d' z"#,
+        );
+        assert_eq!(
+            t,
+            vec![
+                "BOOT=x",
+                "rancher.modules=[nbd nbds_max=1024, nfs]",
+                "rancher.password=\"a b\"",
+                "cc.x='c d'",
+                "z"
+            ]
+        );
         assert_eq!(tokenize("a [unclosed b"), vec!["a", "[unclosed b"]);
         assert_eq!(tokenize("a \"unclosed b"), vec!["a", "\"unclosed b"]);
     }
 
     #[test]
     fn keys_become_yaml_values() {
-        let c = parse("console=tty0 rancher.debug rancher.modules=[nbd nbds_max=1024, nfs] rancher.password=\"a b\" \
+        let c = parse(
+            "console=tty0 rancher.debug rancher.modules=[nbd nbds_max=1024, nfs] rancher.password=\"a b\" \
                        rancher.network.interfaces.eth0.dhcp=yes rancher.state.dev=LABEL=RANCHER_STATE cc.hostname=h1 \
-                       rancher.autologin=tty1 rancher.autologin=ttyS0 rancher.autologin=ttyS1 cloud-config-url=http://x/y");
+                       rancher.autologin=tty1 rancher.autologin=ttyS0 rancher.autologin=ttyS1 cloud-config-url=http://x/y",
+        );
         assert_eq!(
             c.config,
             json!({"rancher": {"debug": true, "modules": ["nbd nbds_max=1024", "nfs"], "password": "a b",
@@ -203,7 +245,10 @@ mod tests {
     fn arguments_after_double_dash_are_extra() {
         let c = parse("rancher.a=1 -- rancher.a=2 foo=bar");
         assert_eq!(c.config, json!({"rancher": {"a": 1}}));
-        assert_eq!(c.extra, json!({"rancher": {"a": 2, "environment": {"EXTRA_CMDLINE": "rancher.a=2 foo=bar"}}}));
+        assert_eq!(
+            c.extra,
+            json!({"rancher": {"a": 2, "environment": {"EXTRA_CMDLINE": "rancher.a=2 foo=bar"}}})
+        );
         assert_eq!(c.extra_text.as_deref(), Some("rancher.a=2 foo=bar"));
     }
 

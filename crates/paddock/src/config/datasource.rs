@@ -96,22 +96,52 @@ impl Default for Endpoints {
 const MAX_BODY: u64 = 16 * 1024 * 1024;
 
 /// Builds the datasources a spec names (`*` names several).
-pub fn from_spec(spec: &str, root: &Root, ep: &Endpoints) -> Result<Vec<Box<dyn Datasource>>, String> {
+pub fn from_spec(
+    spec: &str,
+    root: &Root,
+    ep: &Endpoints,
+) -> Result<Vec<Box<dyn Datasource>>, String> {
     let (kind, arg) = match spec.split_once(':') {
         Some((k, a)) => (k, Some(a)),
         None => (spec, None),
     };
     let http = Http::new(ep.timeout);
     let one: Box<dyn Datasource> = match kind {
-        "configdrive" => Box::new(ConfigDrive { root: root.clone(), dir: arg.unwrap_or("/media/config-2").to_string() }),
-        "nocloud" => Box::new(NoCloud { root: root.clone(), dir: arg.unwrap_or("/media/cidata").to_string() }),
-        "file" => Box::new(File { root: root.clone(), path: arg.ok_or("file: needs a path")?.to_string() }),
-        "url" => Box::new(Url { http, url: arg.ok_or("url: needs a URL")?.to_string() }),
-        "cmdline" => Box::new(CmdlineUrl { root: root.clone(), http }),
-        "ec2" => Box::new(Ec2 { http, base: ep.ec2.clone() }),
-        "gce" => Box::new(Gce { http, base: ep.gce.clone() }),
-        "digitalocean" => Box::new(DigitalOcean { http, base: ep.digitalocean.clone() }),
-        "vmware" => Box::new(Vmware { guestinfo: Box::new(RpcTool) }),
+        "configdrive" => Box::new(ConfigDrive {
+            root: root.clone(),
+            dir: arg.unwrap_or("/media/config-2").to_string(),
+        }),
+        "nocloud" => Box::new(NoCloud {
+            root: root.clone(),
+            dir: arg.unwrap_or("/media/cidata").to_string(),
+        }),
+        "file" => Box::new(File {
+            root: root.clone(),
+            path: arg.ok_or("file: needs a path")?.to_string(),
+        }),
+        "url" => Box::new(Url {
+            http,
+            url: arg.ok_or("url: needs a URL")?.to_string(),
+        }),
+        "cmdline" => Box::new(CmdlineUrl {
+            root: root.clone(),
+            http,
+        }),
+        "ec2" => Box::new(Ec2 {
+            http,
+            base: ep.ec2.clone(),
+        }),
+        "gce" => Box::new(Gce {
+            http,
+            base: ep.gce.clone(),
+        }),
+        "digitalocean" => Box::new(DigitalOcean {
+            http,
+            base: ep.digitalocean.clone(),
+        }),
+        "vmware" => Box::new(Vmware {
+            guestinfo: Box::new(RpcTool),
+        }),
         "*" => {
             let mut all = Vec::new();
             for s in ["configdrive", "vmware", "ec2", "digitalocean", "gce"] {
@@ -130,7 +160,10 @@ pub fn from_spec(spec: &str, root: &Root, ep: &Endpoints) -> Result<Vec<Box<dyn 
 /// Polls `sources` in order until one returns data or `deadline` passes, backing off from
 /// 100 ms to at most 30 s between rounds. A source that is present but broken is not retried.
 /// Returns the winner's name and data, and what went wrong with the others.
-pub fn fetch_first(sources: &[Box<dyn Datasource>], timeout: Duration) -> (Option<(String, Fetched)>, Vec<DatasourceError>) {
+pub fn fetch_first(
+    sources: &[Box<dyn Datasource>],
+    timeout: Duration,
+) -> (Option<(String, Fetched)>, Vec<DatasourceError>) {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(100);
     let mut failed: Vec<DatasourceError> = Vec::new();
@@ -189,19 +222,33 @@ impl Datasource for ConfigDrive {
         let md_path = base.join("meta_data.json");
         let ud_path = base.join("user_data");
         if !md_path.exists() && !ud_path.exists() {
-            return Err(DatasourceError::Unavailable(self.name(), format!("no {}", "openstack/latest/meta_data.json")));
+            return Err(DatasourceError::Unavailable(
+                self.name(),
+                format!("no {}", "openstack/latest/meta_data.json"),
+            ));
         }
-        let user_data = read_limited(&ud_path).map_err(|e| DatasourceError::Failed(self.name(), e))?;
+        let user_data =
+            read_limited(&ud_path).map_err(|e| DatasourceError::Failed(self.name(), e))?;
         let mut metadata = Metadata::default();
-        if let Some(bytes) = read_limited(&md_path).map_err(|e| DatasourceError::Failed(self.name(), e))? {
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| DatasourceError::Failed(self.name(), format!("meta_data.json: {e}")))?;
+        if let Some(bytes) =
+            read_limited(&md_path).map_err(|e| DatasourceError::Failed(self.name(), e))?
+        {
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                DatasourceError::Failed(self.name(), format!("meta_data.json: {e}"))
+            })?;
             metadata.hostname = str_at(&v, &["hostname"]).or_else(|| str_at(&v, &["name"]));
             if let Some(keys) = v.get("public_keys").and_then(Value::as_object) {
-                metadata.ssh_public_keys = keys.values().filter_map(Value::as_str).map(String::from).collect();
+                metadata.ssh_public_keys = keys
+                    .values()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect();
             }
         }
-        Ok(Fetched { user_data, metadata })
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 
@@ -220,23 +267,37 @@ impl Datasource for NoCloud {
         let md_path = base.join("meta-data");
         let ud_path = base.join("user-data");
         if !md_path.exists() && !ud_path.exists() {
-            return Err(DatasourceError::Unavailable(self.name(), "no meta-data or user-data".into()));
+            return Err(DatasourceError::Unavailable(
+                self.name(),
+                "no meta-data or user-data".into(),
+            ));
         }
-        let user_data = read_limited(&ud_path).map_err(|e| DatasourceError::Failed(self.name(), e))?;
+        let user_data =
+            read_limited(&ud_path).map_err(|e| DatasourceError::Failed(self.name(), e))?;
         let mut metadata = Metadata::default();
-        if let Some(bytes) = read_limited(&md_path).map_err(|e| DatasourceError::Failed(self.name(), e))? {
+        if let Some(bytes) =
+            read_limited(&md_path).map_err(|e| DatasourceError::Failed(self.name(), e))?
+        {
             let text = String::from_utf8_lossy(&bytes);
             let v = yaml::parse(&text)
                 .map_err(|e| DatasourceError::Failed(self.name(), format!("meta-data: {e}")))?
                 .value;
-            metadata.hostname = str_at(&v, &["local-hostname"]).or_else(|| str_at(&v, &["hostname"]));
+            metadata.hostname =
+                str_at(&v, &["local-hostname"]).or_else(|| str_at(&v, &["hostname"]));
             metadata.ssh_public_keys = match v.get("public-keys") {
                 Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(String::from).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
                 _ => Vec::new(),
             };
         }
-        Ok(Fetched { user_data, metadata })
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 
@@ -252,8 +313,14 @@ impl Datasource for File {
 
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
         match read_limited(&self.root.path(&self.path)) {
-            Ok(Some(b)) => Ok(Fetched { user_data: Some(b), metadata: Metadata::default() }),
-            Ok(None) => Err(DatasourceError::Unavailable(self.name(), "no such file".into())),
+            Ok(Some(b)) => Ok(Fetched {
+                user_data: Some(b),
+                metadata: Metadata::default(),
+            }),
+            Ok(None) => Err(DatasourceError::Unavailable(
+                self.name(),
+                "no such file".into(),
+            )),
             Err(e) => Err(DatasourceError::Failed(self.name(), e)),
         }
     }
@@ -263,7 +330,9 @@ fn read_limited(p: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
     match std::fs::File::open(p) {
         Ok(f) => {
             let mut out = Vec::new();
-            f.take(MAX_BODY + 1).read_to_end(&mut out).map_err(|e| format!("{}: {e}", p.display()))?;
+            f.take(MAX_BODY + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             if out.len() as u64 > MAX_BODY {
                 return Err(format!("{}: larger than {MAX_BODY} bytes", p.display()));
             }
@@ -279,7 +348,9 @@ fn str_at(v: &Value, path: &[&str]) -> Option<String> {
     for p in path {
         cur = cur.get(p)?;
     }
-    cur.as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    cur.as_str()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 // ---- HTTP ----
@@ -304,7 +375,9 @@ impl Http {
             .proxy(None)
             .max_redirects(5)
             .build();
-        Http { agent: ureq::Agent::new_with_config(config) }
+        Http {
+            agent: ureq::Agent::new_with_config(config),
+        }
     }
 
     fn request(&self, method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
@@ -326,20 +399,41 @@ impl Http {
         if !(200..300).contains(&status) {
             return Ok(Reply::Status(status));
         }
-        resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map(Reply::Ok).map_err(|e| e.to_string())
+        resp.body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map(Reply::Ok)
+            .map_err(|e| e.to_string())
     }
 
     /// GET: `Ok(None)` on 404.
-    fn get(&self, name: &str, url: &str, headers: &[(&str, &str)]) -> Result<Option<Vec<u8>>, DatasourceError> {
+    fn get(
+        &self,
+        name: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Vec<u8>>, DatasourceError> {
         match self.request("GET", url, headers) {
             Ok(Reply::Ok(b)) => Ok(Some(b)),
             Ok(Reply::Status(404)) => Ok(None),
-            Ok(Reply::Status(s)) => Err(DatasourceError::Failed(name.into(), format!("{url}: HTTP status {s}"))),
-            Err(e) => Err(DatasourceError::Unavailable(name.into(), format!("{url}: {e}"))),
+            Ok(Reply::Status(s)) => Err(DatasourceError::Failed(
+                name.into(),
+                format!("{url}: HTTP status {s}"),
+            )),
+            Err(e) => Err(DatasourceError::Unavailable(
+                name.into(),
+                format!("{url}: {e}"),
+            )),
         }
     }
 
-    fn get_text(&self, name: &str, url: &str, headers: &[(&str, &str)]) -> Result<Option<String>, DatasourceError> {
+    fn get_text(
+        &self,
+        name: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<String>, DatasourceError> {
         Ok(self
             .get(name, url, headers)?
             .map(|b| String::from_utf8_lossy(&b).trim().to_string())
@@ -359,8 +453,14 @@ impl Datasource for Url {
 
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
         match self.http.get(&self.name(), &self.url, &[])? {
-            Some(b) => Ok(Fetched { user_data: Some(b), metadata: Metadata::default() }),
-            None => Err(DatasourceError::Failed(self.name(), "HTTP status 404".into())),
+            Some(b) => Ok(Fetched {
+                user_data: Some(b),
+                metadata: Metadata::default(),
+            }),
+            None => Err(DatasourceError::Failed(
+                self.name(),
+                "HTTP status 404".into(),
+            )),
         }
     }
 }
@@ -376,12 +476,21 @@ impl Datasource for CmdlineUrl {
     }
 
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
-        let text = std::fs::read_to_string(self.root.path(CMDLINE_FILE))
-            .map_err(|e| DatasourceError::Unavailable(self.name(), format!("{CMDLINE_FILE}: {e}")))?;
+        let text = std::fs::read_to_string(self.root.path(CMDLINE_FILE)).map_err(|e| {
+            DatasourceError::Unavailable(self.name(), format!("{CMDLINE_FILE}: {e}"))
+        })?;
         let Some(url) = cmdline::parse(&text).cloud_config_url else {
-            return Err(DatasourceError::Unavailable(self.name(), "no cloud-config-url= on the kernel command line".into()));
+            return Err(DatasourceError::Unavailable(
+                self.name(),
+                "no cloud-config-url= on the kernel command line".into(),
+            ));
         };
-        Url { http: self.http.clone(), url }.fetch().map_err(|e| match e {
+        Url {
+            http: self.http.clone(),
+            url,
+        }
+        .fetch()
+        .map_err(|e| match e {
             DatasourceError::Unavailable(_, m) => DatasourceError::Unavailable(self.name(), m),
             DatasourceError::Failed(_, m) => DatasourceError::Failed(self.name(), m),
         })
@@ -408,11 +517,19 @@ impl Datasource for Ec2 {
             &[("X-aws-ec2-metadata-token-ttl-seconds", "21600")],
         ) {
             Ok(Reply::Ok(t)) => String::from_utf8_lossy(&t).trim().to_string(),
-            Ok(Reply::Status(s)) => return Err(DatasourceError::Failed(n, format!("IMDSv2 token: HTTP status {s}"))),
+            Ok(Reply::Status(s)) => {
+                return Err(DatasourceError::Failed(
+                    n,
+                    format!("IMDSv2 token: HTTP status {s}"),
+                ));
+            }
             Err(e) => return Err(DatasourceError::Unavailable(n, e)),
         };
         let h = [("X-aws-ec2-metadata-token", token.as_str())];
-        let md = |p: &str| self.http.get_text(&n, &format!("{}/latest/meta-data/{p}", self.base), &h);
+        let md = |p: &str| {
+            self.http
+                .get_text(&n, &format!("{}/latest/meta-data/{p}", self.base), &h)
+        };
         let mut metadata = Metadata {
             hostname: md("local-hostname")?,
             public_ipv4: md("public-ipv4")?,
@@ -431,8 +548,13 @@ impl Datasource for Ec2 {
                 }
             }
         }
-        let user_data = self.http.get(&n, &format!("{}/latest/user-data", self.base), &h)?;
-        Ok(Fetched { user_data, metadata })
+        let user_data = self
+            .http
+            .get(&n, &format!("{}/latest/user-data", self.base), &h)?;
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 
@@ -449,14 +571,20 @@ impl Datasource for Gce {
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
         let n = self.name();
         let h = [("Metadata-Flavor", "Google")];
-        let get = |p: &str| self.http.get_text(&n, &format!("{}/computeMetadata/v1/{p}", self.base), &h);
+        let get = |p: &str| {
+            self.http
+                .get_text(&n, &format!("{}/computeMetadata/v1/{p}", self.base), &h)
+        };
         let mut metadata = Metadata {
             hostname: get("instance/hostname")?,
             private_ipv4: get("instance/network-interfaces/0/ip")?,
             public_ipv4: get("instance/network-interfaces/0/access-configs/0/external-ip")?,
             ..Default::default()
         };
-        for p in ["project/attributes/ssh-keys", "instance/attributes/ssh-keys"] {
+        for p in [
+            "project/attributes/ssh-keys",
+            "instance/attributes/ssh-keys",
+        ] {
             if let Some(keys) = get(p)? {
                 for line in keys.lines() {
                     // `user:ssh-rsa AAAA... comment`
@@ -470,10 +598,18 @@ impl Datasource for Gce {
                 }
             }
         }
-        let user_data = self
-            .http
-            .get(&n, &format!("{}/computeMetadata/v1/instance/attributes/user-data", self.base), &h)?;
-        Ok(Fetched { user_data, metadata })
+        let user_data = self.http.get(
+            &n,
+            &format!(
+                "{}/computeMetadata/v1/instance/attributes/user-data",
+                self.base
+            ),
+            &h,
+        )?;
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 
@@ -489,10 +625,17 @@ impl Datasource for DigitalOcean {
 
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
         let n = self.name();
-        let Some(body) = self.http.get(&n, &format!("{}/metadata/v1.json", self.base), &[])? else {
-            return Err(DatasourceError::Unavailable(n, "no metadata/v1.json".into()));
+        let Some(body) = self
+            .http
+            .get(&n, &format!("{}/metadata/v1.json", self.base), &[])?
+        else {
+            return Err(DatasourceError::Unavailable(
+                n,
+                "no metadata/v1.json".into(),
+            ));
         };
-        let v: Value = serde_json::from_slice(&body).map_err(|e| DatasourceError::Failed(n.clone(), format!("v1.json: {e}")))?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| DatasourceError::Failed(n.clone(), format!("v1.json: {e}")))?;
         let ip = |kind: &str, fam: &str| {
             v.get("interfaces")
                 .and_then(|i| i.get(kind))
@@ -507,7 +650,12 @@ impl Datasource for DigitalOcean {
             ssh_public_keys: v
                 .get("public_keys")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default(),
             public_ipv4: ip("public", "ipv4"),
             private_ipv4: ip("private", "ipv4"),
@@ -515,8 +663,14 @@ impl Datasource for DigitalOcean {
             private_ipv6: None,
             root_disk: None,
         };
-        let user_data = v.get("user_data").and_then(Value::as_str).map(|s| s.as_bytes().to_vec());
-        Ok(Fetched { user_data, metadata })
+        let user_data = v
+            .get("user_data")
+            .and_then(Value::as_str)
+            .map(|s| s.as_bytes().to_vec());
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 
@@ -557,7 +711,11 @@ impl Datasource for Vmware {
 
     fn fetch(&self) -> Result<Fetched, DatasourceError> {
         let n = self.name();
-        let get = |k: &str| self.guestinfo.get(k).map_err(|e| DatasourceError::Unavailable(n.clone(), e));
+        let get = |k: &str| {
+            self.guestinfo
+                .get(k)
+                .map_err(|e| DatasourceError::Unavailable(n.clone(), e))
+        };
         let data = get("cloud-init.config.data")?;
         let url = get("cloud-init.config.url")?;
         let user_data = match (data, url) {
@@ -565,24 +723,47 @@ impl Datasource for Vmware {
                 let enc = get("cloud-init.data.encoding")?.unwrap_or_default();
                 let bytes = match enc.as_str() {
                     "" => d.into_bytes(),
-                    "base64" | "b64" => super::decode_content(&d, Some(super::model::Encoding::Base64))
-                        .map_err(|e| DatasourceError::Failed(n.clone(), e))?,
+                    "base64" | "b64" => {
+                        super::decode_content(&d, Some(super::model::Encoding::Base64))
+                            .map_err(|e| DatasourceError::Failed(n.clone(), e))?
+                    }
                     "gzip+base64" | "gz+b64" | "gz+base64" | "gzip+b64" => {
                         super::decode_content(&d, Some(super::model::Encoding::GzipBase64))
                             .map_err(|e| DatasourceError::Failed(n.clone(), e))?
                     }
-                    other => return Err(DatasourceError::Failed(n, format!("unknown cloud-init.data.encoding {other:?}"))),
+                    other => {
+                        return Err(DatasourceError::Failed(
+                            n,
+                            format!("unknown cloud-init.data.encoding {other:?}"),
+                        ));
+                    }
                 };
                 Some(bytes)
             }
-            (None, Some(u)) => Url { http: Http::new(Duration::from_secs(10)), url: u }.fetch()?.user_data,
+            (None, Some(u)) => {
+                Url {
+                    http: Http::new(Duration::from_secs(10)),
+                    url: u,
+                }
+                .fetch()?
+                .user_data
+            }
             (None, None) => None,
         };
-        let metadata = Metadata { hostname: get("hostname")?, ..Default::default() };
+        let metadata = Metadata {
+            hostname: get("hostname")?,
+            ..Default::default()
+        };
         if user_data.is_none() && metadata.hostname.is_none() {
-            return Err(DatasourceError::Unavailable(n, "no cloud-init guestinfo".into()));
+            return Err(DatasourceError::Unavailable(
+                n,
+                "no cloud-init guestinfo".into(),
+            ));
         }
-        Ok(Fetched { user_data, metadata })
+        Ok(Fetched {
+            user_data,
+            metadata,
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::value::BorrowedStrDeserializer;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Visitor};
 use serde_json::Value;
 
 use super::path::{self, KeyPath, Seg};
@@ -37,11 +37,17 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { path: None, message: msg.to_string() }
+        DeError {
+            path: None,
+            message: msg.to_string(),
+        }
     }
 
     fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
-        DeError { path: None, message: format!("expected {exp}, found {}", unexpected(unexp)) }
+        DeError {
+            path: None,
+            message: format!("expected {exp}, found {}", unexpected(unexp)),
+        }
     }
 }
 
@@ -97,18 +103,33 @@ pub fn decode<T: DeserializeOwned>(tree: &Value) -> Result<Decoded<T>, Vec<Issue
     let mut removed_items: Vec<(KeyPath, usize)> = Vec::new();
     loop {
         let unknown = RefCell::new(Vec::new());
-        let d = PathDe { v: &pruned, path: KeyPath::root(), unknown: &unknown };
+        let d = PathDe {
+            v: &pruned,
+            path: KeyPath::root(),
+            unknown: &unknown,
+        };
         match T::deserialize(d) {
             Ok(value) => {
                 let mut issues = errors;
                 issues.extend(unknown.into_inner());
-                return Ok(Decoded { value, pruned, issues });
+                return Ok(Decoded {
+                    value,
+                    pruned,
+                    issues,
+                });
             }
             Err(e) => {
                 let p = e.path.clone().unwrap_or_default();
                 let original = to_original(&p, &removed_items);
-                errors.push(Issue { path: original, message: e.message, unknown_key: false });
-                if p.is_empty() || errors.len() > MAX_ERRORS || path::remove(&mut pruned, &p).is_none() {
+                errors.push(Issue {
+                    path: original,
+                    message: e.message,
+                    unknown_key: false,
+                });
+                if p.is_empty()
+                    || errors.len() > MAX_ERRORS
+                    || path::remove(&mut pruned, &p).is_none()
+                {
                     return Err(errors);
                 }
                 if let Some(Seg::Index(i)) = p.segs().last() {
@@ -126,12 +147,12 @@ fn to_original(p: &KeyPath, removed_items: &[(KeyPath, usize)]) -> KeyPath {
     let mut segs: Vec<Seg> = p.segs().to_vec();
     for (parent, idx) in removed_items.iter().rev() {
         let n = parent.len();
-        if segs.len() > n && segs[..n] == *parent.segs() {
-            if let Seg::Index(k) = &mut segs[n] {
-                if *k >= *idx {
-                    *k += 1;
-                }
-            }
+        if segs.len() > n
+            && segs[..n] == *parent.segs()
+            && let Seg::Index(k) = &mut segs[n]
+            && *k >= *idx
+        {
+            *k += 1;
         }
     }
     let mut out = KeyPath::root();
@@ -151,11 +172,18 @@ impl<'a> PathDe<'a> {
     fn child(&self, v: &'a Value, seg: Seg) -> PathDe<'a> {
         let mut path = self.path.clone();
         path.push(seg);
-        PathDe { v, path, unknown: self.unknown }
+        PathDe {
+            v,
+            path,
+            unknown: self.unknown,
+        }
     }
 
     fn err(&self, message: String) -> DeError {
-        DeError { path: Some(self.path.clone()), message }
+        DeError {
+            path: Some(self.path.clone()),
+            message,
+        }
     }
 
     fn found(&self) -> &'static str {
@@ -192,7 +220,7 @@ impl<'a> PathDe<'a> {
             },
             _ => return Err(self.expected("an integer")),
         };
-        r.map_err(|e| e.at(&p))
+        r.map_err(|e: DeError| e.at(&p))
     }
 }
 
@@ -217,16 +245,16 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
             Value::Array(_) => return self.deserialize_seq(visitor),
             Value::Object(_) => return self.deserialize_map(visitor),
         };
-        r.map_err(|e| e.at(&p))
+        r.map_err(|e: DeError| e.at(&p))
     }
 
     fn deserialize_bool<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
-            Value::Bool(b) => visitor.visit_bool(*b).map_err(|e| e.at(&p)),
+            Value::Bool(b) => visitor.visit_bool(*b).map_err(|e: DeError| e.at(&p)),
             Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" => visitor.visit_bool(true).map_err(|e| e.at(&p)),
-                "false" | "no" | "off" => visitor.visit_bool(false).map_err(|e| e.at(&p)),
+                "true" | "yes" | "on" => visitor.visit_bool(true).map_err(|e: DeError| e.at(&p)),
+                "false" | "no" | "off" => visitor.visit_bool(false).map_err(|e: DeError| e.at(&p)),
                 _ => Err(self.err(format!("expected a boolean, found the string {s:?}"))),
             },
             _ => Err(self.expected("a boolean")),
@@ -265,9 +293,11 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
     fn deserialize_f64<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
-            Value::Number(n) => visitor.visit_f64(n.as_f64().unwrap_or(0.0)).map_err(|e| e.at(&p)),
+            Value::Number(n) => visitor
+                .visit_f64(n.as_f64().unwrap_or(0.0))
+                .map_err(|e: DeError| e.at(&p)),
             Value::String(s) => match s.trim().parse::<f64>() {
-                Ok(f) => visitor.visit_f64(f).map_err(|e| e.at(&p)),
+                Ok(f) => visitor.visit_f64(f).map_err(|e: DeError| e.at(&p)),
                 Err(_) => Err(self.err(format!("expected a number, found the string {s:?}"))),
             },
             _ => Err(self.expected("a number")),
@@ -281,9 +311,13 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
     fn deserialize_str<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
-            Value::String(s) => visitor.visit_borrowed_str(s).map_err(|e| e.at(&p)),
-            Value::Number(n) => visitor.visit_string(n.to_string()).map_err(|e| e.at(&p)),
-            Value::Bool(b) => visitor.visit_string(b.to_string()).map_err(|e| e.at(&p)),
+            Value::String(s) => visitor.visit_borrowed_str(s).map_err(|e: DeError| e.at(&p)),
+            Value::Number(n) => visitor
+                .visit_string(n.to_string())
+                .map_err(|e: DeError| e.at(&p)),
+            Value::Bool(b) => visitor
+                .visit_string(b.to_string())
+                .map_err(|e: DeError| e.at(&p)),
             _ => Err(self.expected("a string")),
         }
     }
@@ -303,7 +337,7 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
     fn deserialize_option<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
-            Value::Null => visitor.visit_none().map_err(|e| e.at(&p)),
+            Value::Null => visitor.visit_none().map_err(|e: DeError| e.at(&p)),
             _ => visitor.visit_some(self),
         }
     }
@@ -311,37 +345,59 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
     fn deserialize_unit<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
-            Value::Null => visitor.visit_unit().map_err(|e| e.at(&p)),
+            Value::Null => visitor.visit_unit().map_err(|e: DeError| e.at(&p)),
             _ => Err(self.expected("nothing")),
         }
     }
 
-    fn deserialize_unit_struct<V: Visitor<'a>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'a>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'a>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'a>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         let p = self.path.clone();
-        visitor.visit_newtype_struct(self).map_err(|e| e.at(&p))
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e: DeError| e.at(&p))
     }
 
     fn deserialize_seq<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, DeError> {
         let p = self.path.clone();
         match self.v {
             Value::Array(items) => {
-                let seq = Seq { items, next: 0, parent: &self };
-                visitor.visit_seq(seq).map_err(|e| e.at(&p))
+                let seq = Seq {
+                    items,
+                    next: 0,
+                    parent: &self,
+                };
+                visitor.visit_seq(seq).map_err(|e: DeError| e.at(&p))
             }
             Value::Null => {
                 let empty: &[Value] = &[];
-                let seq = Seq { items: empty, next: 0, parent: &self };
-                visitor.visit_seq(seq).map_err(|e| e.at(&p))
+                let seq = Seq {
+                    items: empty,
+                    next: 0,
+                    parent: &self,
+                };
+                visitor.visit_seq(seq).map_err(|e: DeError| e.at(&p))
             }
             _ => Err(self.expected("a list")),
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'a>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'a>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -359,9 +415,21 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
         match self.v {
             Value::Object(m) => {
                 let entries: Vec<(&'a String, &'a Value)> = m.iter().collect();
-                visitor.visit_map(MapIn { entries, next: 0, parent: &self }).map_err(|e| e.at(&p))
+                visitor
+                    .visit_map(MapIn {
+                        entries,
+                        next: 0,
+                        parent: &self,
+                    })
+                    .map_err(|e: DeError| e.at(&p))
             }
-            Value::Null => visitor.visit_map(MapIn { entries: Vec::new(), next: 0, parent: &self }).map_err(|e| e.at(&p)),
+            Value::Null => visitor
+                .visit_map(MapIn {
+                    entries: Vec::new(),
+                    next: 0,
+                    parent: &self,
+                })
+                .map_err(|e: DeError| e.at(&p)),
             _ => Err(self.expected("a map")),
         }
     }
@@ -396,7 +464,7 @@ impl<'a> de::Deserializer<'a> for PathDe<'a> {
         match self.v {
             Value::String(s) => {
                 let d: BorrowedStrDeserializer<'a, DeError> = BorrowedStrDeserializer::new(s);
-                visitor.visit_enum(d).map_err(|e| e.at(&p))
+                visitor.visit_enum(d).map_err(|e: DeError| e.at(&p))
             }
             _ => Err(self.expected("a string")),
         }
@@ -420,13 +488,20 @@ struct Seq<'a, 'p> {
 impl<'a> de::SeqAccess<'a> for Seq<'a, '_> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'a>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'a>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         let i = self.next;
-        let Some(v) = self.items.get(i) else { return Ok(None) };
+        let Some(v) = self.items.get(i) else {
+            return Ok(None);
+        };
         self.next += 1;
         let child = self.parent.child(v, Seg::Index(i));
         let p = child.path.clone();
-        seed.deserialize(child).map(Some).map_err(|e| e.at(&p))
+        seed.deserialize(child)
+            .map(Some)
+            .map_err(|e: DeError| e.at(&p))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -443,11 +518,16 @@ struct MapIn<'a, 'p> {
 impl<'a> de::MapAccess<'a> for MapIn<'a, '_> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some((k, _)) = self.entries.get(self.next) else { return Ok(None) };
+    fn next_key_seed<K: DeserializeSeed<'a>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
+        let Some((k, _)) = self.entries.get(self.next) else {
+            return Ok(None);
+        };
         let p = self.parent.path.key(k);
-        let d: BorrowedStrDeserializer<'a, DeError> = k.as_str().into_deserializer();
-        seed.deserialize(d).map(Some).map_err(|e| e.at(&p))
+        let d: BorrowedStrDeserializer<'a, DeError> = BorrowedStrDeserializer::new(k.as_str());
+        seed.deserialize(d).map(Some).map_err(|e: DeError| e.at(&p))
     }
 
     fn next_value_seed<V: DeserializeSeed<'a>>(&mut self, seed: V) -> Result<V::Value, DeError> {
@@ -457,7 +537,7 @@ impl<'a> de::MapAccess<'a> for MapIn<'a, '_> {
         self.next += 1;
         let child = self.parent.child(v, Seg::Key((*k).clone()));
         let p = child.path.clone();
-        seed.deserialize(child).map_err(|e| e.at(&p))
+        seed.deserialize(child).map_err(|e: DeError| e.at(&p))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -491,14 +571,29 @@ mod tests {
     fn finds_every_problem_and_keeps_the_rest() {
         let t = json!({"inner": {"mtu": "big", "name": 5, "on": [1], "typo": 1}, "list": ["a", [], 1, {"x": 1}], "zzz": 0});
         let d = decode::<Outer>(&t).unwrap();
-        let errors: Vec<String> = d.issues.iter().filter(|i| !i.unknown_key).map(|i| i.path.to_string()).collect();
+        let errors: Vec<String> = d
+            .issues
+            .iter()
+            .filter(|i| !i.unknown_key)
+            .map(|i| i.path.to_string())
+            .collect();
         assert_eq!(errors, vec!["inner.mtu", "inner.on", "list.1", "list.3"]);
-        let unknown: Vec<String> = d.issues.iter().filter(|i| i.unknown_key).map(|i| i.path.to_string()).collect();
+        let mut unknown: Vec<String> = d
+            .issues
+            .iter()
+            .filter(|i| i.unknown_key)
+            .map(|i| i.path.to_string())
+            .collect();
+        unknown.sort();
         assert_eq!(unknown, vec!["inner.typo", "zzz"]);
         assert_eq!(d.value.inner.name, "5");
         assert_eq!(d.value.list, vec!["a", "1"]);
         assert_eq!(d.pruned["inner"], json!({"name": 5, "typo": 1}));
-        assert!(d.issues[0].message.contains("expected an integer"), "{:?}", d.issues[0]);
+        assert!(
+            d.issues[0].message.contains("expected an integer"),
+            "{:?}",
+            d.issues[0]
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub fn hide_secrets(tree: &mut Value) -> Vec<String> {
 pub fn images(tree: &Value) -> Vec<String> {
     let mut out = BTreeSet::new();
     for group in ["services", "bootstrap", "cloud_init_services"] {
-        let Some(services) = tree.get("rancher").and_then(|r| r.get(group)).and_then(Value::as_object) else {
+        let Some(services) = tree
+            .get("rancher")
+            .and_then(|r| r.get(group))
+            .and_then(Value::as_object)
+        else {
             continue;
         };
         for svc in services.values() {
@@ -103,7 +107,10 @@ mod tests {
             assert!(!text.contains(secret), "{secret} still in {text}");
         }
         assert_eq!(t["rancher"]["ssh"]["port"], json!(22));
-        assert_eq!(t["rancher"]["registry_auths"]["https://index.docker.io/v1/"]["email"], json!("a@b"));
+        assert_eq!(
+            t["rancher"]["registry_auths"]["https://index.docker.io/v1/"]["email"],
+            json!("a@b")
+        );
         assert_eq!(t["ssh_authorized_keys"], json!(["ssh-rsa AAA"]));
     }
 

@@ -93,9 +93,16 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: {message}")]
-    Syntax { file: String, line: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{}", join_problems(.0))]
     Invalid(Vec<Problem>),
     #[error(transparent)]
@@ -105,7 +112,10 @@ pub enum ConfigError {
 }
 
 fn join_problems(p: &[Problem]) -> String {
-    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+    p.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A document after checking.
@@ -147,7 +157,12 @@ pub fn check_text(file: &str, text: &str) -> Result<Checked, Problem> {
 }
 
 /// [`check_text`] for a tree that did not come from a file (the kernel command line).
-pub fn check_value(file: &str, mut value: Value, lines: &yaml::LineIndex, binary: &[KeyPath]) -> Result<Checked, Problem> {
+pub fn check_value(
+    file: &str,
+    mut value: Value,
+    lines: &yaml::LineIndex,
+    binary: &[KeyPath],
+) -> Result<Checked, Problem> {
     let problem = |path: &KeyPath, severity, message: String| Problem {
         file: file.to_string(),
         line: lines.line_of(path),
@@ -158,11 +173,21 @@ pub fn check_value(file: &str, mut value: Value, lines: &yaml::LineIndex, binary
     if value.is_null() {
         value = Value::Object(Default::default());
     }
+    if depth(&value) > yaml::MAX_NESTING {
+        return Err(problem(
+            &KeyPath::root(),
+            Severity::Error,
+            format!("nested more than {} levels deep", yaml::MAX_NESTING),
+        ));
+    }
     if !value.is_object() {
         return Err(problem(
             &KeyPath::root(),
             Severity::Error,
-            format!("a cloud-config must be a map of keys, found {}", kind(&value)),
+            format!(
+                "a cloud-config must be a map of keys, found {}",
+                kind(&value)
+            ),
         ));
     }
     normalize(&mut value, binary);
@@ -177,7 +202,17 @@ pub fn check_value(file: &str, mut value: Value, lines: &yaml::LineIndex, binary
     let mut problems: Vec<Problem> = decoded
         .issues
         .iter()
-        .map(|i| problem(&i.path, if i.unknown_key { Severity::Warning } else { Severity::Error }, i.message.clone()))
+        .map(|i| {
+            problem(
+                &i.path,
+                if i.unknown_key {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                },
+                i.message.clone(),
+            )
+        })
         .collect();
     let mut value = decoded.pruned;
     let mut config = decoded.value;
@@ -195,7 +230,22 @@ pub fn check_value(file: &str, mut value: Value, lines: &yaml::LineIndex, binary
         path::remove(&mut value, &KeyPath::root().key("write_files").index(*i));
     }
     problems.sort_by_key(|p| (p.line.unwrap_or(0), p.key.clone()));
-    Ok(Checked { value, config, problems })
+    Ok(Checked {
+        value,
+        config,
+        problems,
+    })
+}
+
+/// How deeply collections nest (a scalar is 0). Trees only reach here from the YAML parser
+/// (at most [`yaml::MAX_NESTING`]) or the command line (keys of at most
+/// [`path::MAX_DEPTH`] segments), so the recursion is bounded.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -210,17 +260,24 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn normalize(value: &mut Value, binary: &[KeyPath]) {
-    let Some(files) = value.get_mut("write_files").and_then(Value::as_array_mut) else { return };
+    let Some(files) = value.get_mut("write_files").and_then(Value::as_array_mut) else {
+        return;
+    };
     for (i, f) in files.iter_mut().enumerate() {
-        let Some(obj) = f.as_object_mut() else { continue };
-        if let Some(n) = obj.get("permissions").and_then(Value::as_u64) {
-            if n <= 0o7777 {
-                obj.insert("permissions".into(), Value::String(format!("{n:04o}")));
-            }
+        let Some(obj) = f.as_object_mut() else {
+            continue;
+        };
+        if let Some(n) = obj.get("permissions").and_then(Value::as_u64)
+            && n <= 0o7777
+        {
+            obj.insert("permissions".into(), Value::String(format!("{n:04o}")));
         }
         let content_path = KeyPath::root().key("write_files").index(i).key("content");
         if binary.contains(&content_path) {
-            let enc = obj.get("encoding").and_then(Value::as_str).map(str::to_ascii_lowercase);
+            let enc = obj
+                .get("encoding")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_lowercase);
             let new = match enc.as_deref() {
                 None | Some("") => Some("b64"),
                 Some("gz") | Some("gzip") => Some("gzip+base64"),
@@ -249,9 +306,11 @@ pub fn decode_content(content: &str, enc: Option<model::Encoding>) -> Result<Vec
         None => Ok(content.as_bytes().to_vec()),
         Some(Encoding::Base64) => b64(content),
         Some(Encoding::GzipBase64) => gunzip(&b64(content)?),
-        Some(Encoding::Gzip) => Err("encoding gzip needs binary content: write it as `content: !!binary |` \
+        Some(Encoding::Gzip) => Err(
+            "encoding gzip needs binary content: write it as `content: !!binary |` \
                                      followed by base64, or use encoding gzip+base64"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -264,7 +323,9 @@ pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
         .read_to_end(&mut out)
         .map_err(|e| format!("content is not valid gzip: {e}"))?;
     if out.len() as u64 > MAX_DECODED {
-        return Err(format!("content decompresses to more than {MAX_DECODED} bytes"));
+        return Err(format!(
+            "content decompresses to more than {MAX_DECODED} bytes"
+        ));
     }
     Ok(out)
 }
@@ -287,10 +348,23 @@ mod tests {
         let c = check_text("/x.yml", text).unwrap();
         let shown: Vec<String> = c.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(shown.len(), 3, "{shown:#?}");
-        assert!(shown[0].starts_with("/x.yml:2: hostname: hostname \"bad_host\""), "{shown:#?}");
-        assert!(shown[1].starts_with("/x.yml:7: rancher.network.interfaces.eth0.mtu: expected an integer"), "{shown:#?}");
-        assert_eq!(shown[2], "/x.yml:9: warning: rancher.bogus: unknown key (kept, but nothing uses it)");
-        assert_eq!(c.value["rancher"]["network"]["interfaces"]["eth0"], json!({"dhcp": true}));
+        assert!(
+            shown[0].starts_with("/x.yml:2: hostname: hostname \"bad_host\""),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1]
+                .starts_with("/x.yml:7: rancher.network.interfaces.eth0.mtu: expected an integer"),
+            "{shown:#?}"
+        );
+        assert_eq!(
+            shown[2],
+            "/x.yml:9: warning: rancher.bogus: unknown key (kept, but nothing uses it)"
+        );
+        assert_eq!(
+            c.value["rancher"]["network"]["interfaces"]["eth0"],
+            json!({"dhcp": true})
+        );
         assert_eq!(c.value["rancher"]["bogus"], json!(1));
         assert!(c.value.get("hostname").is_none());
         assert_eq!(c.config.ssh_authorized_keys.len(), 1);
@@ -324,6 +398,9 @@ mod tests {
         assert_eq!(c.problems.len(), 1);
         assert_eq!(c.problems[0].key.as_deref(), Some("write_files.0.content"));
         assert_eq!(c.problems[0].line, Some(4));
-        assert_eq!(c.value["write_files"], json!([{"path": "/b", "content": "ok"}]));
+        assert_eq!(
+            c.value["write_files"],
+            json!([{"path": "/b", "content": "ok"}])
+        );
     }
 }

@@ -69,7 +69,9 @@ impl Encoding {
             "b64" | "base64" => Ok(Encoding::Base64),
             "gz" | "gzip" => Ok(Encoding::Gzip),
             "gz+base64" | "gzip+base64" | "gz+b64" | "gzip+b64" => Ok(Encoding::GzipBase64),
-            other => Err(format!("unknown encoding {other:?} (expected b64, gzip or gzip+base64)")),
+            other => Err(format!(
+                "unknown encoding {other:?} (expected b64, gzip or gzip+base64)"
+            )),
         }
     }
 }

@@ -37,9 +37,18 @@ pub enum PathError {
     #[error("key {0:?}: more than {MAX_DEPTH} segments")]
     TooDeep(String),
     #[error("key {key}: {at} is a {kind}, not a map or list")]
-    NotContainer { key: String, at: String, kind: &'static str },
+    NotContainer {
+        key: String,
+        at: String,
+        kind: &'static str,
+    },
     #[error("key {key}: index {index} is past the end of the list at {at} (length {len})")]
-    BadIndex { key: String, at: String, index: usize, len: usize },
+    BadIndex {
+        key: String,
+        at: String,
+        index: usize,
+        len: usize,
+    },
 }
 
 impl KeyPath {
@@ -272,10 +281,23 @@ pub fn set(tree: &mut Value, path: &KeyPath, value: Value) -> Result<(), PathErr
                 }
                 match a.get_mut(*i) {
                     Some(v) => v,
-                    None => return Err(PathError::BadIndex { key: full, at: at.to_string(), index: *i, len }),
+                    None => {
+                        return Err(PathError::BadIndex {
+                            key: full,
+                            at: at.to_string(),
+                            index: *i,
+                            len,
+                        });
+                    }
                 }
             }
-            _ => return Err(PathError::NotContainer { key: full, at: at.to_string(), kind: kind_here }),
+            _ => {
+                return Err(PathError::NotContainer {
+                    key: full,
+                    at: at.to_string(),
+                    kind: kind_here,
+                });
+            }
         };
         at.push(s.clone());
     }
@@ -297,10 +319,19 @@ pub fn set(tree: &mut Value, path: &KeyPath, value: Value) -> Result<(), PathErr
                 a.push(value);
                 Ok(())
             } else {
-                Err(PathError::BadIndex { key: full, at: at.to_string(), index: *i, len })
+                Err(PathError::BadIndex {
+                    key: full,
+                    at: at.to_string(),
+                    index: *i,
+                    len,
+                })
             }
         }
-        _ => Err(PathError::NotContainer { key: full, at: at.to_string(), kind: kind_here }),
+        _ => Err(PathError::NotContainer {
+            key: full,
+            at: at.to_string(),
+            kind: kind_here,
+        }),
     }
 }
 
@@ -343,7 +374,10 @@ mod tests {
     #[test]
     fn resolve_handles_indexes_and_dotted_keys() {
         let t = json!({"rancher": {"sysctl": {"kernel.domainname": "x"}}, "w": [{"p": 1}]});
-        let r = resolve(&t, &KeyPath::parse("rancher.sysctl.kernel.domainname").unwrap());
+        let r = resolve(
+            &t,
+            &KeyPath::parse("rancher.sysctl.kernel.domainname").unwrap(),
+        );
         assert_eq!(get(&t, &r), Some(&json!("x")));
         let r = resolve(&t, &KeyPath::parse("w.0.p").unwrap());
         assert_eq!(get(&t, &r), Some(&json!(1)));
@@ -356,6 +390,9 @@ mod tests {
         assert_eq!(t, json!({"a": 1, "b": {"c": 2}}));
         let e = set(&mut t, &KeyPath::parse("a.x").unwrap(), json!(3)).unwrap_err();
         assert!(e.to_string().contains("a is a number"), "{e}");
-        assert_eq!(remove(&mut t, &KeyPath::parse("b.c").unwrap()), Some(json!(2)));
+        assert_eq!(
+            remove(&mut t, &KeyPath::parse("b.c").unwrap()),
+            Some(json!(2))
+        );
     }
 }

@@ -26,8 +26,8 @@ use super::datasource::Metadata;
 use super::merge::merge_into;
 use super::path::{self, KeyPath};
 use super::{
-    CLOUD_CONFIG_DIR, CLOUD_CONFIG_FILE, CMDLINE_FILE, DEFAULT_OS_CONFIG, METADATA_FILE, OEM_CONFIG_FILE,
-    OS_CONFIG_FILE, Problem, Severity, check_text, check_value, cmdline, yaml,
+    CLOUD_CONFIG_DIR, CLOUD_CONFIG_FILE, CMDLINE_FILE, DEFAULT_OS_CONFIG, METADATA_FILE,
+    OEM_CONFIG_FILE, OS_CONFIG_FILE, Problem, Severity, check_text, check_value, cmdline, yaml,
 };
 use crate::root::Root;
 
@@ -42,10 +42,16 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Everything: the config the system runs with.
-    pub const FULL: LoadOptions = LoadOptions { defaults: true, runtime: true };
+    pub const FULL: LoadOptions = LoadOptions {
+        defaults: true,
+        runtime: true,
+    };
     /// Only the files on disk the user or their datasource wrote (OEM, cloud-config.d,
     /// cloud-config.yml): what `ros config export` prints without `--full`.
-    pub const USER: LoadOptions = LoadOptions { defaults: false, runtime: false };
+    pub const USER: LoadOptions = LoadOptions {
+        defaults: false,
+        runtime: false,
+    };
 }
 
 /// One source that was read.
@@ -70,7 +76,9 @@ pub struct Loaded {
 impl Loaded {
     /// The typed model of the merged tree.
     pub fn config(&self) -> super::CloudConfig {
-        super::de::decode::<super::CloudConfig>(&self.value).map(|d| d.value).unwrap_or_default()
+        super::de::decode::<super::CloudConfig>(&self.value)
+            .map(|d| d.value)
+            .unwrap_or_default()
     }
 }
 
@@ -88,21 +96,36 @@ pub fn read_optional(root: &Root, abs: &str) -> Result<Option<String>, Problem> 
 }
 
 fn io_problem(file: &str, message: String) -> Problem {
-    Problem { file: file.into(), line: None, key: None, severity: Severity::Error, message }
+    Problem {
+        file: file.into(),
+        line: None,
+        key: None,
+        severity: Severity::Error,
+        message,
+    }
 }
 
 /// The files of `cloud-config.d`, sorted by name, as absolute paths of the running system.
 pub fn drop_in_files(root: &Root) -> Vec<String> {
     let dir = root.path(CLOUD_CONFIG_DIR);
-    let Ok(rd) = fs::read_dir(&dir) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = rd
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file() || t.is_symlink()).unwrap_or(false))
+        .filter(|e| {
+            e.file_type()
+                .map(|t| t.is_file() || t.is_symlink())
+                .unwrap_or(false)
+        })
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.') && (n.ends_with(".yml") || n.ends_with(".yaml")))
         .collect();
     names.sort();
-    names.into_iter().map(|n| format!("{CLOUD_CONFIG_DIR}/{n}")).collect()
+    names
+        .into_iter()
+        .map(|n| format!("{CLOUD_CONFIG_DIR}/{n}"))
+        .collect()
 }
 
 /// The metadata saved by the datasource, if any.
@@ -121,7 +144,10 @@ pub fn substitute(text: &str, md: &Metadata) -> String {
         ("$private_ipv6", &md.private_ipv6),
         ("$public_ipv6", &md.public_ipv6),
     ] {
-        if let Some(v) = value.as_deref().filter(|v| v.parse::<std::net::IpAddr>().is_ok()) {
+        if let Some(v) = value
+            .as_deref()
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        {
             out = out.replace(name, v);
         }
     }
@@ -131,8 +157,12 @@ pub fn substitute(text: &str, md: &Metadata) -> String {
 /// Loads and merges the sources `opts` selects.
 pub fn load(root: &Root, opts: LoadOptions) -> Loaded {
     let md = read_metadata(root);
-    let mut loaded = Loaded { sources: Vec::new(), value: Value::Object(Map::new()), problems: Vec::new() };
-    let mut add_text = |loaded: &mut Loaded, name: &str, text: &str| {
+    let mut loaded = Loaded {
+        sources: Vec::new(),
+        value: Value::Object(Map::new()),
+        problems: Vec::new(),
+    };
+    let add_text = |loaded: &mut Loaded, name: &str, text: &str| {
         let text = match &md {
             Some(m) => substitute(text, m),
             None => text.to_string(),
@@ -141,7 +171,10 @@ pub fn load(root: &Root, opts: LoadOptions) -> Loaded {
             Ok(c) => {
                 loaded.problems.extend(c.problems);
                 merge_into(&mut loaded.value, c.value.clone());
-                loaded.sources.push(Source { name: name.to_string(), value: c.value });
+                loaded.sources.push(Source {
+                    name: name.to_string(),
+                    value: c.value,
+                });
             }
             Err(p) => loaded.problems.push(p),
         }
@@ -170,7 +203,10 @@ pub fn load(root: &Root, opts: LoadOptions) -> Loaded {
         Ok(Some(text)) => {
             let c = cmdline::parse(&text);
             loaded.problems.extend(c.problems);
-            for (name, tree) in [("kernel command line", c.config), ("kernel command line (after --)", c.extra)] {
+            for (name, tree) in [
+                ("kernel command line", c.config),
+                ("kernel command line (after --)", c.extra),
+            ] {
                 if tree.as_object().is_some_and(|m| m.is_empty()) {
                     continue;
                 }
@@ -178,7 +214,10 @@ pub fn load(root: &Root, opts: LoadOptions) -> Loaded {
                     Ok(c) => {
                         loaded.problems.extend(c.problems);
                         merge_into(&mut loaded.value, c.value.clone());
-                        loaded.sources.push(Source { name: name.into(), value: c.value });
+                        loaded.sources.push(Source {
+                            name: name.into(),
+                            value: c.value,
+                        });
                     }
                     Err(p) => loaded.problems.push(p),
                 }
@@ -196,7 +235,9 @@ pub fn load(root: &Root, opts: LoadOptions) -> Loaded {
 
 /// Step 7: `rancher.debug: true` turns on debug for the three dockers and `rancher.log`.
 pub fn apply_debug(value: &mut Value) {
-    let on = path::get(value, &KeyPath::root().key("rancher").key("debug")).and_then(Value::as_bool) == Some(true);
+    let on = path::get(value, &KeyPath::root().key("rancher").key("debug"))
+        .and_then(Value::as_bool)
+        == Some(true);
     if !on {
         return;
     }
@@ -210,10 +251,13 @@ pub fn apply_debug(value: &mut Value) {
 /// Step 8: the datasource's metadata fills what the config left open.
 pub fn apply_metadata(value: &mut Value, md: &Metadata) {
     let hostname = KeyPath::root().key("hostname");
-    if path::get(value, &hostname).is_none() {
-        if let Some(h) = md.hostname.as_deref().filter(|h| super::types::Hostname::new(*h).is_ok()) {
-            let _ = path::set(value, &hostname, Value::String(h.to_string()));
-        }
+    if path::get(value, &hostname).is_none()
+        && let Some(h) = md
+            .hostname
+            .as_deref()
+            .filter(|h| super::types::Hostname::new(*h).is_ok())
+    {
+        let _ = path::set(value, &hostname, Value::String(h.to_string()));
     }
     let keys: Vec<Value> = md
         .ssh_public_keys
@@ -232,10 +276,13 @@ pub fn apply_metadata(value: &mut Value, md: &Metadata) {
         merge_into(value, Value::Object(add));
     }
     let resize = KeyPath::root().key("rancher").key("resize_device");
-    if path::get(value, &resize).is_none() {
-        if let Some(d) = md.root_disk.as_deref().filter(|d| d.starts_with("/dev/") && super::types::Line::new(*d).is_ok()) {
-            let _ = path::set(value, &resize, Value::String(d.to_string()));
-        }
+    if path::get(value, &resize).is_none()
+        && let Some(d) = md
+            .root_disk
+            .as_deref()
+            .filter(|d| d.starts_with("/dev/") && super::types::Line::new(*d).is_ok())
+    {
+        let _ = path::set(value, &resize, Value::String(d.to_string()));
     }
 }
 
@@ -266,12 +313,36 @@ mod tests {
     fn order_is_defaults_oem_dropins_file_cmdline_extra() {
         let d = tempfile::tempdir().unwrap();
         let root = Root::new(d.path());
-        write(&root, OEM_CONFIG_FILE, "rancher:\n  console: oem\n  upgrade:\n    url: oem\n");
-        write(&root, "/var/lib/rancher/conf/cloud-config.d/b.yml", "rancher:\n  console: b\n");
-        write(&root, "/var/lib/rancher/conf/cloud-config.d/a.yml", "rancher:\n  console: a\n  resize_device: /dev/a\n");
-        write(&root, "/var/lib/rancher/conf/cloud-config.d/.hidden.yml", "rancher:\n  console: hidden\n");
-        write(&root, CLOUD_CONFIG_FILE, "rancher:\n  console: file\n  recovery: false\n");
-        write(&root, CMDLINE_FILE, "quiet rancher.recovery=true rancher.ssh.port=2 -- rancher.ssh.port=3\n");
+        write(
+            &root,
+            OEM_CONFIG_FILE,
+            "rancher:\n  console: oem\n  upgrade:\n    url: oem\n",
+        );
+        write(
+            &root,
+            "/var/lib/rancher/conf/cloud-config.d/b.yml",
+            "rancher:\n  console: b\n",
+        );
+        write(
+            &root,
+            "/var/lib/rancher/conf/cloud-config.d/a.yml",
+            "rancher:\n  console: a\n  resize_device: /dev/a\n",
+        );
+        write(
+            &root,
+            "/var/lib/rancher/conf/cloud-config.d/.hidden.yml",
+            "rancher:\n  console: hidden\n",
+        );
+        write(
+            &root,
+            CLOUD_CONFIG_FILE,
+            "rancher:\n  console: file\n  recovery: false\n",
+        );
+        write(
+            &root,
+            CMDLINE_FILE,
+            "quiet rancher.recovery=true rancher.ssh.port=2 -- rancher.ssh.port=3\n",
+        );
         let l = load(&root, LoadOptions::FULL);
         assert!(l.problems.is_empty(), "{:?}", l.problems);
         let names: Vec<&str> = l.sources.iter().map(|s| s.name.as_str()).collect();
@@ -304,16 +375,42 @@ mod tests {
     fn broken_sources_are_reported_and_skipped() {
         let d = tempfile::tempdir().unwrap();
         let root = Root::new(d.path());
-        write(&root, "/var/lib/rancher/conf/cloud-config.d/a.yml", "ssh_authorized_keys: [k1]\nrancher: [\n");
-        write(&root, "/var/lib/rancher/conf/cloud-config.d/b.yml", "rancher: []\n");
-        write(&root, CLOUD_CONFIG_FILE, "ssh_authorized_keys: [k2]\nhostname: x_y\nrancher:\n  ssh:\n    port: 70000\n");
+        write(
+            &root,
+            "/var/lib/rancher/conf/cloud-config.d/a.yml",
+            "ssh_authorized_keys: [k1]\nrancher: [\n",
+        );
+        write(
+            &root,
+            "/var/lib/rancher/conf/cloud-config.d/b.yml",
+            "rancher: []\n",
+        );
+        write(
+            &root,
+            CLOUD_CONFIG_FILE,
+            "ssh_authorized_keys: [k2]\nhostname: x_y\nrancher:\n  ssh:\n    port: 70000\n",
+        );
         let l = load(&root, LoadOptions::FULL);
         let shown: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(shown.len(), 4, "{shown:#?}");
-        assert!(shown[0].starts_with("/var/lib/rancher/conf/cloud-config.d/a.yml:"), "{shown:#?}");
-        assert!(shown[1].starts_with("/var/lib/rancher/conf/cloud-config.d/b.yml:1: rancher: expected a map"), "{shown:#?}");
-        assert!(shown[2].starts_with("/var/lib/rancher/conf/cloud-config.yml:2: hostname:"), "{shown:#?}");
-        assert!(shown[3].starts_with("/var/lib/rancher/conf/cloud-config.yml:5: rancher.ssh.port:"), "{shown:#?}");
+        assert!(
+            shown[0].starts_with("/var/lib/rancher/conf/cloud-config.d/a.yml:"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with(
+                "/var/lib/rancher/conf/cloud-config.d/b.yml:1: rancher: expected a map"
+            ),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[2].starts_with("/var/lib/rancher/conf/cloud-config.yml:2: hostname:"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[3].starts_with("/var/lib/rancher/conf/cloud-config.yml:5: rancher.ssh.port:"),
+            "{shown:#?}"
+        );
         assert_eq!(l.value["ssh_authorized_keys"], json!(["k2"]));
         assert_eq!(l.value["rancher"]["ssh"], json!({"daemon": true}));
         assert_eq!(l.value["rancher"]["console"], json!("default"));
@@ -323,7 +420,11 @@ mod tests {
     fn debug_and_metadata_steps() {
         let d = tempfile::tempdir().unwrap();
         let root = Root::new(d.path());
-        write(&root, CLOUD_CONFIG_FILE, "ssh_authorized_keys: [k1]\nrancher:\n  network:\n    interfaces:\n      eth0:\n        address: $private_ipv4/24\n");
+        write(
+            &root,
+            CLOUD_CONFIG_FILE,
+            "ssh_authorized_keys: [k1]\nrancher:\n  network:\n    interfaces:\n      eth0:\n        address: $private_ipv4/24\n",
+        );
         write(&root, CMDLINE_FILE, "rancher.debug\n");
         let md = Metadata {
             hostname: Some("meta-host".into()),
@@ -338,14 +439,24 @@ mod tests {
         assert_eq!(l.value["hostname"], json!("meta-host"));
         assert_eq!(l.value["ssh_authorized_keys"], json!(["k1", "k2"]));
         assert_eq!(l.value["rancher"]["resize_device"], json!("/dev/vda"));
-        assert_eq!(l.value["rancher"]["network"]["interfaces"]["eth0"]["address"], json!("10.0.0.5/24"));
+        assert_eq!(
+            l.value["rancher"]["network"]["interfaces"]["eth0"]["address"],
+            json!("10.0.0.5/24")
+        );
         assert_eq!(l.value["rancher"]["system_docker"]["debug"], json!(true));
         assert_eq!(l.value["rancher"]["log"], json!(true));
     }
 
     #[test]
     fn metadata_substitution_only_uses_addresses() {
-        let md = Metadata { public_ipv4: Some("1.2.3.4\nevil: x".into()), private_ipv4: Some("10.1.1.1".into()), ..Default::default() };
-        assert_eq!(substitute("a: $public_ipv4 $private_ipv4", &md), "a: $public_ipv4 10.1.1.1");
+        let md = Metadata {
+            public_ipv4: Some("1.2.3.4\nevil: x".into()),
+            private_ipv4: Some("10.1.1.1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            substitute("a: $public_ipv4 $private_ipv4", &md),
+            "a: $public_ipv4 10.1.1.1"
+        );
     }
 }

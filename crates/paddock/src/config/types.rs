@@ -63,17 +63,26 @@ impl Hostname {
             return Err("hostname is empty".into());
         }
         if s.len() > 253 {
-            return Err(format!("hostname is {} characters long, more than 253", s.len()));
+            return Err(format!(
+                "hostname is {} characters long, more than 253",
+                s.len()
+            ));
         }
         for label in s.trim_end_matches('.').split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(format!("hostname {s:?}: each dot-separated part must be 1 to 63 characters"));
+                return Err(format!(
+                    "hostname {s:?}: each dot-separated part must be 1 to 63 characters"
+                ));
             }
             if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(format!("hostname {s:?}: only letters, digits, '-' and '.' are allowed"));
+                return Err(format!(
+                    "hostname {s:?}: only letters, digits, '-' and '.' are allowed"
+                ));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!("hostname {s:?}: a part may not start or end with '-'"));
+                return Err(format!(
+                    "hostname {s:?}: a part may not start or end with '-'"
+                ));
             }
         }
         Ok(Hostname(s))
@@ -142,7 +151,8 @@ impl FileMode {
     pub fn parse(s: &str) -> Result<FileMode, String> {
         let t = s.trim();
         let digits = t.strip_prefix("0o").unwrap_or(t);
-        let m = u32::from_str_radix(digits, 8).map_err(|_| format!("permissions {s:?} are not an octal number"))?;
+        let m = u32::from_str_radix(digits, 8)
+            .map_err(|_| format!("permissions {s:?} are not an octal number"))?;
         FileMode::from_number(u64::from(m))
     }
 
@@ -171,8 +181,10 @@ impl<'de> Deserialize<'de> for FileMode {
                 FileMode::from_number(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<FileMode, E> {
-                FileMode::from_number(u64::try_from(v).map_err(|_| E::custom("permissions are negative"))?)
-                    .map_err(E::custom)
+                FileMode::from_number(
+                    u64::try_from(v).map_err(|_| E::custom("permissions are negative"))?,
+                )
+                .map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<FileMode, E> {
                 FileMode::parse(v).map_err(E::custom)
@@ -195,8 +207,13 @@ impl Seconds {
             Some((i, 'h')) => (&t[..i], 3600),
             _ => (t, 1),
         };
-        let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration (like 60, 90s, 5m or 1h)"))?;
-        n.checked_mul(mult).map(Seconds).ok_or_else(|| format!("duration {s:?} is too long"))
+        let n: u64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (like 60, 90s, 5m or 1h)"))?;
+        n.checked_mul(mult)
+            .map(Seconds)
+            .ok_or_else(|| format!("duration {s:?} is too long"))
     }
 }
 
@@ -212,7 +229,9 @@ impl<'de> Deserialize<'de> for Seconds {
                 Ok(Seconds(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-                u64::try_from(v).map(Seconds).map_err(|_| E::custom("a duration cannot be negative"))
+                u64::try_from(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
                 Seconds::parse(v).map_err(E::custom)
@@ -267,7 +286,17 @@ mod tests {
     fn hostnames() {
         assert!(Hostname::new("rancher-test").is_ok());
         assert!(Hostname::new("a.b.example.com").is_ok());
-        for bad in ["", "-a", "a-", "a b", "a\nb", "a..b", "x_y", &"a".repeat(64), &"a.".repeat(130)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a b",
+            "a\nb",
+            "a..b",
+            "x_y",
+            &"a".repeat(64),
+            &"a.".repeat(130),
+        ] {
             assert!(Hostname::new(bad).is_err(), "{bad:?} accepted");
         }
     }

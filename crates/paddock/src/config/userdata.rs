@@ -18,7 +18,10 @@ use crate::root::Root;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserData {
     /// A cloud-config; `warning` says what was odd about its header.
-    CloudConfig { text: String, warning: Option<String> },
+    CloudConfig {
+        text: String,
+        warning: Option<String>,
+    },
     Script(Vec<u8>),
     /// The compose YAML after the `#compose` line.
     Compose(String),
@@ -40,17 +43,27 @@ pub fn classify(bytes: &[u8]) -> Result<UserData, ConfigError> {
     if bytes.starts_with(b"#!") {
         return Ok(UserData::Script(bytes.to_vec()));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ConfigError::UserData("user data is neither a #! script nor UTF-8 text".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        ConfigError::UserData("user data is neither a #! script nor UTF-8 text".into())
+    })?;
     let first = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if first == "#cloud-config" {
-        return Ok(UserData::CloudConfig { text: text.to_string(), warning: None });
+        return Ok(UserData::CloudConfig {
+            text: text.to_string(),
+            warning: None,
+        });
     }
-    let squeezed: String = first.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    let squeezed: String = first
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
     if squeezed == "#cloud-config" {
         return Ok(UserData::CloudConfig {
             text: text.to_string(),
-            warning: Some(format!("user data header {first:?} should be exactly \"#cloud-config\"; accepted anyway")),
+            warning: Some(format!(
+                "user data header {first:?} should be exactly \"#cloud-config\"; accepted anyway"
+            )),
         });
     }
     if first.trim_end() == "#compose" {
@@ -77,15 +90,22 @@ pub fn save(root: &Root, bytes: &[u8]) -> Result<Saved, ConfigError> {
     let boot = format!("{CLOUD_CONFIG_DIR}/boot.yml");
     match classify(bytes)? {
         UserData::CloudConfig { text, warning } => {
-            let checked = check_text("user data", &text).map_err(|p| ConfigError::Invalid(vec![p]))?;
+            let checked =
+                check_text("user data", &text).map_err(|p| ConfigError::Invalid(vec![p]))?;
             let mut warnings: Vec<String> = warning.into_iter().collect();
             warnings.extend(checked.problems.iter().map(|p| p.to_string()));
             write(root, &boot, text.as_bytes(), 0o600)?;
-            Ok(Saved { path: boot, warnings })
+            Ok(Saved {
+                path: boot,
+                warnings,
+            })
         }
         UserData::Script(bytes) => {
             write(root, CLOUD_CONFIG_SCRIPT, &bytes, 0o700)?;
-            Ok(Saved { path: CLOUD_CONFIG_SCRIPT.into(), warnings: Vec::new() })
+            Ok(Saved {
+                path: CLOUD_CONFIG_SCRIPT.into(),
+                warnings: Vec::new(),
+            })
         }
         UserData::Compose(text) => {
             let parsed = yaml::parse(&text).map_err(|e| ConfigError::Syntax {
@@ -94,16 +114,22 @@ pub fn save(root: &Root, bytes: &[u8]) -> Result<Saved, ConfigError> {
                 message: e.message,
             })?;
             if !parsed.value.is_object() {
-                return Err(ConfigError::UserData("#compose user data must be a map of services".into()));
+                return Err(ConfigError::UserData(
+                    "#compose user data must be a map of services".into(),
+                ));
             }
             let mut rancher = Map::new();
             rancher.insert("services".into(), parsed.value);
             let mut top = Map::new();
             top.insert("rancher".into(), Value::Object(rancher));
             let out = format!("#cloud-config\n{}", yaml::to_yaml(&Value::Object(top)));
-            let checked = check_text("user data (#compose)", &out).map_err(|p| ConfigError::Invalid(vec![p]))?;
+            let checked = check_text("user data (#compose)", &out)
+                .map_err(|p| ConfigError::Invalid(vec![p]))?;
             write(root, &boot, out.as_bytes(), 0o600)?;
-            Ok(Saved { path: boot, warnings: checked.problems.iter().map(|p| p.to_string()).collect() })
+            Ok(Saved {
+                path: boot,
+                warnings: checked.problems.iter().map(|p| p.to_string()).collect(),
+            })
         }
     }
 }
@@ -127,13 +153,34 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert!(matches!(classify(b"#cloud-config\na: 1\n").unwrap(), UserData::CloudConfig { warning: None, .. }));
-        assert!(matches!(classify(b"# cloud-config\na: 1\n").unwrap(), UserData::CloudConfig { warning: Some(_), .. }));
-        assert!(matches!(classify(b"#!/bin/sh\necho hi\n").unwrap(), UserData::Script(_)));
-        assert_eq!(classify(b"#compose\nweb:\n  image: nginx\n").unwrap(), UserData::Compose("web:\n  image: nginx\n".into()));
-        assert!(matches!(classify(&gz(b"#cloud-config\nhostname: a\n")).unwrap(), UserData::CloudConfig { .. }));
+        assert!(matches!(
+            classify(b"#cloud-config\na: 1\n").unwrap(),
+            UserData::CloudConfig { warning: None, .. }
+        ));
+        assert!(matches!(
+            classify(b"# cloud-config\na: 1\n").unwrap(),
+            UserData::CloudConfig {
+                warning: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(b"#!/bin/sh\necho hi\n").unwrap(),
+            UserData::Script(_)
+        ));
+        assert_eq!(
+            classify(b"#compose\nweb:\n  image: nginx\n").unwrap(),
+            UserData::Compose("web:\n  image: nginx\n".into())
+        );
+        assert!(matches!(
+            classify(&gz(b"#cloud-config\nhostname: a\n")).unwrap(),
+            UserData::CloudConfig { .. }
+        ));
         let e = classify(b"hostname: a\n").unwrap_err().to_string();
-        assert!(e.contains("unrecognized user data") && e.contains("hostname: a"), "{e}");
+        assert!(
+            e.contains("unrecognized user data") && e.contains("hostname: a"),
+            "{e}"
+        );
         assert!(classify(b"").is_err());
         assert!(classify(&[0x1f, 0x8b, 0, 1]).is_err());
         assert!(classify(&[0xff, 0xfe, 0x00]).is_err());
@@ -145,7 +192,10 @@ mod tests {
         let root = Root::new(d.path());
         let s = save(&root, b"#cloud-config\nhostname: h\n").unwrap();
         assert_eq!(s.path, "/var/lib/rancher/conf/cloud-config.d/boot.yml");
-        assert_eq!(std::fs::read_to_string(root.path(&s.path)).unwrap(), "#cloud-config\nhostname: h\n");
+        assert_eq!(
+            std::fs::read_to_string(root.path(&s.path)).unwrap(),
+            "#cloud-config\nhostname: h\n"
+        );
         let s = save(&root, b"#!/bin/sh\ntrue\n").unwrap();
         assert_eq!(s.path, CLOUD_CONFIG_SCRIPT);
         let s = save(&root, b"#compose\nweb:\n  image: nginx\n").unwrap();

@@ -28,25 +28,23 @@ pub struct SyntaxError {
 
 /// Line numbers (1-based) of every key and list item in a document, by path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LineIndex(BTreeMap<KeyPath, usize>);
+pub struct LineIndex(BTreeMap<String, usize>);
 
 impl LineIndex {
     /// The line of `path`, or of its nearest ancestor that has one.
     pub fn line_of(&self, path: &KeyPath) -> Option<usize> {
         let mut p = path.clone();
         loop {
-            if let Some(l) = self.0.get(&p) {
+            if let Some(l) = self.0.get(&p.to_string()) {
                 return Some(*l);
             }
-            if p.pop().is_none() {
-                return None;
-            }
+            p.pop()?;
         }
     }
 
     fn insert(&mut self, path: KeyPath, line: usize) {
         if line > 0 {
-            self.0.insert(path, line);
+            self.0.insert(path.to_string(), line);
         }
     }
 }
@@ -61,21 +59,36 @@ pub struct Parsed {
     pub binary: Vec<KeyPath>,
 }
 
+/// How deeply collections may nest. Real cloud-configs stay under 10 levels
+/// (`rancher.services.NAME.logging.options.KEY`); the limit keeps the recursive decoders far
+/// from the end of even a small thread stack (an overflow would abort PID 1).
+pub const MAX_NESTING: usize = 24;
+
 fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_NESTING;
     serde_saphyr::options! {
         legacy_octal_numbers: true,
         ignore_binary_tag_for_string: true,
         with_snippet: false,
+        budget: Some(budget),
     }
 }
 
 /// Parses one YAML document. Multiple documents, syntax errors and alias bombs are errors;
 /// nothing here panics on any input.
 pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
-    let node: Spanned<Tagged<Node>> =
-        serde_saphyr::from_str_with_options(text, options()).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line() as usize, l.column() as usize)).unwrap_or((0, 0));
-            SyntaxError { line, column, message: first_line(&e.to_string()) }
+    let node: Spanned<Tagged<Node>> = serde_saphyr::from_str_with_options(text, options())
+        .map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize))
+                .unwrap_or((0, 0));
+            SyntaxError {
+                line,
+                column,
+                message: first_line(&e.to_string()),
+            }
         })?;
     let mut lines = LineIndex::default();
     let mut binary = Vec::new();
@@ -84,7 +97,11 @@ pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
         Node::Null => Value::Object(Map::new()),
         n => convert(n, &mut path, &mut lines, &mut binary),
     };
-    Ok(Parsed { value, lines, binary })
+    Ok(Parsed {
+        value,
+        lines,
+        binary,
+    })
 }
 
 /// Parses a single YAML value, as `ros config set` and the kernel command line give them.
@@ -103,7 +120,9 @@ pub fn parse_scalar_or_yaml(text: &str) -> Value {
 /// Serialises a tree as YAML. Strings that YAML 1.1 would read as something else (`"yes"`,
 /// `"0755"`, `"1460"`) are quoted, so reading the output back gives the same tree.
 pub fn to_yaml(value: &Value) -> String {
-    match serde_saphyr::to_string(value) {
+    // Long single-line strings (ssh keys) stay on one line instead of being folded.
+    let opts = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX / 2 };
+    match serde_saphyr::to_string_with_options(value, opts) {
         Ok(s) => s,
         // Serialising a serde_json::Value cannot fail in practice; fall back to JSON, which is
         // also YAML, rather than losing the data.
@@ -121,13 +140,20 @@ fn first_line(s: &str) -> String {
     }
 }
 
-fn convert(node: Node, path: &mut KeyPath, lines: &mut LineIndex, binary: &mut Vec<KeyPath>) -> Value {
+fn convert(
+    node: Node,
+    path: &mut KeyPath,
+    lines: &mut LineIndex,
+    binary: &mut Vec<KeyPath>,
+) -> Value {
     match node {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),
         Node::Int(i) => Value::Number(Number::from(i)),
         Node::UInt(u) => Value::Number(Number::from(u)),
-        Node::Float(f) => Number::from_f64(f).map(Value::Number).unwrap_or_else(|| Value::String(f.to_string())),
+        Node::Float(f) => Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(f.to_string())),
         Node::Str(s) => Value::String(s),
         Node::Seq(items) => {
             let mut out = Vec::with_capacity(items.len());
@@ -163,7 +189,8 @@ fn convert(node: Node, path: &mut KeyPath, lines: &mut LineIndex, binary: &mut V
 }
 
 fn is_binary(tag: &Option<String>) -> bool {
-    tag.as_deref().is_some_and(|t| t == "tag:yaml.org,2002:binary" || t == "!!binary")
+    tag.as_deref()
+        .is_some_and(|t| t == "tag:yaml.org,2002:binary" || t == "!!binary")
 }
 
 /// Map keys become strings, the way go-yaml turned them into `map[string]interface{}` keys.
@@ -184,6 +211,8 @@ fn key_string(node: Node) -> String {
     }
 }
 
+type Child = Spanned<Tagged<Node>>;
+
 /// The raw YAML node, with locations and tags on every child.
 #[derive(Debug)]
 enum Node {
@@ -193,8 +222,8 @@ enum Node {
     UInt(u64),
     Float(f64),
     Str(String),
-    Seq(Vec<Spanned<Tagged<Node>>>),
-    Map(Vec<(Spanned<Tagged<Node>>, Spanned<Tagged<Node>>)>),
+    Seq(Vec<Child>),
+    Map(Vec<(Child, Child)>),
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -230,10 +259,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::UInt(v))
     }
     fn visit_i128<E>(self, v: i128) -> Result<Node, E> {
-        Ok(i64::try_from(v).map(Node::Int).unwrap_or_else(|_| Node::Str(v.to_string())))
+        Ok(i64::try_from(v)
+            .map(Node::Int)
+            .unwrap_or_else(|_| Node::Str(v.to_string())))
     }
     fn visit_u128<E>(self, v: u128) -> Result<Node, E> {
-        Ok(u64::try_from(v).map(Node::UInt).unwrap_or_else(|_| Node::Str(v.to_string())))
+        Ok(u64::try_from(v)
+            .map(Node::UInt)
+            .unwrap_or_else(|_| Node::Str(v.to_string())))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
         Ok(Node::Float(v))
@@ -282,12 +315,16 @@ mod tests {
     #[test]
     fn yaml_1_1_booleans_and_octal() {
         let p = parse("a: yes\nb: 0755\nc: \"0755\"\nd: off\ne: 1.5\n").unwrap();
-        assert_eq!(p.value, json!({"a": true, "b": 493, "c": "0755", "d": false, "e": 1.5}));
+        assert_eq!(
+            p.value,
+            json!({"a": true, "b": 493, "c": "0755", "d": false, "e": 1.5})
+        );
     }
 
     #[test]
     fn lines_are_recorded_per_key_and_item() {
-        let p = parse("#cloud-config\nrancher:\n  network:\n    mtu: 1\nlist:\n- a\n- b\n").unwrap();
+        let p =
+            parse("#cloud-config\nrancher:\n  network:\n    mtu: 1\nlist:\n- a\n- b\n").unwrap();
         let line = |s: &str| p.lines.line_of(&KeyPath::parse(s).unwrap());
         assert_eq!(line("rancher"), Some(2));
         assert_eq!(line("rancher.network.mtu"), Some(4));
@@ -315,7 +352,10 @@ mod tests {
     fn binary_tag_is_kept_as_base64_and_remembered() {
         let p = parse("f:\n- content: !!binary |\n    aGVsbG8=\n").unwrap();
         assert_eq!(p.value["f"][0]["content"], json!("aGVsbG8=\n"));
-        assert_eq!(p.binary, vec![KeyPath::parse("f.0.content").unwrap()]);
+        assert_eq!(
+            p.binary,
+            vec![KeyPath::root().key("f").index(0).key("content")]
+        );
     }
 
     #[test]

@@ -91,7 +91,13 @@ const MASKED: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-const READONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -100,7 +106,10 @@ pub enum BundleError {
 }
 
 fn invalid(what: impl Into<String>, why: impl Into<String>) -> BundleError {
-    BundleError::Invalid { what: what.into(), why: why.into() }
+    BundleError::Invalid {
+        what: what.into(),
+        why: why.into(),
+    }
 }
 
 /// A mount resolved to host paths, ready for the runtime spec.
@@ -116,7 +125,11 @@ pub struct ResolvedMount {
 /// The canonical capability name (`net_admin`, `NET_ADMIN`, `CAP_NET_ADMIN` -> `CAP_NET_ADMIN`).
 pub fn cap_name(s: &str) -> Result<String, BundleError> {
     let up = s.to_ascii_uppercase();
-    let full = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
     if full == "CAP_ALL" || ALL_CAPS.contains(&full.as_str()) {
         Ok(full)
     } else {
@@ -175,12 +188,22 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), B
     };
     let (uid, mut gid) = match u.parse::<u32>() {
         Ok(n) => (n, find(&passwd, u).map(|p| p.1).unwrap_or(n)),
-        Err(_) => find(&passwd, u).ok_or_else(|| invalid(format!("user {user}"), "no such user in the image's /etc/passwd"))?,
+        Err(_) => find(&passwd, u).ok_or_else(|| {
+            invalid(
+                format!("user {user}"),
+                "no such user in the image's /etc/passwd",
+            )
+        })?,
     };
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => find(&group, g).map(|x| x.0).ok_or_else(|| invalid(format!("user {user}"), "no such group in the image's /etc/group"))?,
+            Err(_) => find(&group, g).map(|x| x.0).ok_or_else(|| {
+                invalid(
+                    format!("user {user}"),
+                    "no such group in the image's /etc/group",
+                )
+            })?,
         };
     }
     Ok((uid, gid, vec![]))
@@ -188,8 +211,22 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), B
 
 fn rlimit_name(n: &str) -> Result<String, BundleError> {
     let known = [
-        "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending",
-        "stack", "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+        "as",
     ];
     if known.contains(&n) {
         Ok(format!("RLIMIT_{}", n.to_ascii_uppercase()))
@@ -200,7 +237,11 @@ fn rlimit_name(n: &str) -> Result<String, BundleError> {
 
 /// The process arguments: entrypoint + cmd with docker's override rules.
 pub fn command(spec: &ContainerSpec, image: &ContainerConfig) -> Vec<String> {
-    let entrypoint = spec.entrypoint.clone().or_else(|| image.entrypoint.clone()).unwrap_or_default();
+    let entrypoint = spec
+        .entrypoint
+        .clone()
+        .or_else(|| image.entrypoint.clone())
+        .unwrap_or_default();
     // An entrypoint given by the creator resets the image's cmd.
     let cmd = match (&spec.cmd, &spec.entrypoint) {
         (Some(c), _) => c.clone(),
@@ -221,7 +262,13 @@ pub fn environment(spec: &ContainerSpec, image: &ContainerConfig, hostname: &str
         }
         env.insert(k.to_owned(), v.to_owned());
     }
-    let mut defaults = vec![("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOSTNAME", hostname)];
+    let mut defaults = vec![
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOSTNAME", hostname),
+    ];
     if spec.tty {
         defaults.push(("TERM", "xterm"));
     }
@@ -231,22 +278,33 @@ pub fn environment(spec: &ContainerSpec, image: &ContainerConfig, hostname: &str
             env.insert(k.to_owned(), v.to_owned());
         }
     }
-    order.iter().map(|k| format!("{k}={}", env.get(k).map(String::as_str).unwrap_or(""))).collect()
+    order
+        .iter()
+        .map(|k| format!("{k}={}", env.get(k).map(String::as_str).unwrap_or("")))
+        .collect()
 }
 
 fn device_entry(d: &super::spec::Device) -> Result<(Value, Value), BundleError> {
-    let m = fs::metadata(&d.host).map_err(|e| invalid(format!("device {}", d.host), e.to_string()))?;
+    let m =
+        fs::metadata(&d.host).map_err(|e| invalid(format!("device {}", d.host), e.to_string()))?;
     let ft = m.file_type();
     let kind = if ft.is_char_device() {
         "c"
     } else if ft.is_block_device() {
         "b"
     } else {
-        return Err(invalid(format!("device {}", d.host), "not a character or block device"));
+        return Err(invalid(
+            format!("device {}", d.host),
+            "not a character or block device",
+        ));
     };
     let rdev = m.rdev();
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-    let perms = if d.permissions.is_empty() { "rwm".to_owned() } else { d.permissions.clone() };
+    let perms = if d.permissions.is_empty() {
+        "rwm".to_owned()
+    } else {
+        d.permissions.clone()
+    };
     Ok((
         json!({"path": d.container, "type": kind, "major": major, "minor": minor, "fileMode": m.mode() & 0o7777, "uid": 0, "gid": 0}),
         json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": perms}),
@@ -263,23 +321,35 @@ pub fn runtime_spec(
 ) -> Result<Value, BundleError> {
     let args = command(spec, image);
     if args.is_empty() {
-        return Err(invalid(format!("container {id}"), "no command: the image has no entrypoint or cmd and none was given"));
+        return Err(invalid(
+            format!("container {id}"),
+            "no command: the image has no entrypoint or cmd and none was given",
+        ));
     }
     let hostname = if !spec.hostname.is_empty() {
         spec.hostname.clone()
     } else if spec.uts == NsMode::Host {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else {
         id.chars().take(12).collect()
     };
-    let user = if spec.user.is_empty() { image.user.clone().unwrap_or_default() } else { spec.user.clone() };
+    let user = if spec.user.is_empty() {
+        image.user.clone().unwrap_or_default()
+    } else {
+        spec.user.clone()
+    };
     let (uid, gid, additional) = resolve_user(rootfs, &user)?;
     let caps = capabilities(spec)?;
-    let cwd = [spec.working_dir.as_str(), image.working_dir.as_deref().unwrap_or("")]
-        .into_iter()
-        .find(|w| !w.is_empty())
-        .unwrap_or("/")
-        .to_owned();
+    let cwd = [
+        spec.working_dir.as_str(),
+        image.working_dir.as_deref().unwrap_or(""),
+    ]
+    .into_iter()
+    .find(|w| !w.is_empty())
+    .unwrap_or("/")
+    .to_owned();
     let mut rlimits = vec![];
     for u in &spec.ulimits {
         rlimits.push(json!({"type": rlimit_name(&u.name)?, "soft": u.soft, "hard": u.hard}));
@@ -322,7 +392,11 @@ pub fn runtime_spec(
         namespaces.push(json!({"type": "cgroup"}));
     }
 
-    let sys_opts = if spec.privileged { vec!["nosuid", "noexec", "nodev", "rw"] } else { vec!["nosuid", "noexec", "nodev", "ro"] };
+    let sys_opts = if spec.privileged {
+        vec!["nosuid", "noexec", "nodev", "rw"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "ro"]
+    };
     let mut all_mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -350,9 +424,21 @@ pub fn runtime_spec(
     if spec.privileged {
         device_rules = vec![json!({"allow": true, "access": "rwm"})];
     } else {
-        for (t, maj, min) in [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0), ("c", 5, 1), ("c", 5, 2), ("c", 136, -1)] {
+        for (t, maj, min) in [
+            ("c", 1, 3),
+            ("c", 1, 5),
+            ("c", 1, 7),
+            ("c", 1, 8),
+            ("c", 1, 9),
+            ("c", 5, 0),
+            ("c", 5, 1),
+            ("c", 5, 2),
+            ("c", 136, -1),
+        ] {
             let minor = if min < 0 { Value::Null } else { json!(min) };
-            device_rules.push(json!({"allow": true, "type": t, "major": maj, "minor": minor, "access": "rwm"}));
+            device_rules.push(
+                json!({"allow": true, "type": t, "major": maj, "minor": minor, "access": "rwm"}),
+            );
         }
     }
     for d in &spec.devices {
@@ -383,7 +469,6 @@ pub fn runtime_spec(
         "resources": resources,
         "devices": devices,
         "cgroupsPath": format!("/system-docker/{id}"),
-        "rootfsPropagation": "rslave",
     });
     if !spec.privileged {
         linux["maskedPaths"] = json!(MASKED);
@@ -407,31 +492,56 @@ mod tests {
 
     #[test]
     fn caps_follow_docker_rules() {
-        let mut s = ContainerSpec { cap_add: vec!["net_admin".into()], cap_drop: vec!["CAP_CHOWN".into()], ..Default::default() };
+        let mut s = ContainerSpec {
+            cap_add: vec!["net_admin".into()],
+            cap_drop: vec!["CAP_CHOWN".into()],
+            ..Default::default()
+        };
         let caps = capabilities(&s).unwrap();
-        assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()) && !caps.contains(&"CAP_CHOWN".to_owned()));
+        assert!(
+            caps.contains(&"CAP_NET_ADMIN".to_owned()) && !caps.contains(&"CAP_CHOWN".to_owned())
+        );
         s.cap_drop = vec!["ALL".into()];
         assert!(capabilities(&s).unwrap().is_empty());
         s.cap_add = vec!["bogus".into()];
         assert!(capabilities(&s).is_err());
-        let p = ContainerSpec { privileged: true, ..Default::default() };
+        let p = ContainerSpec {
+            privileged: true,
+            ..Default::default()
+        };
         assert_eq!(capabilities(&p).unwrap().len(), ALL_CAPS.len());
     }
 
     #[test]
     fn entrypoint_resets_image_cmd() {
-        let img = ContainerConfig { entrypoint: Some(vec!["/init".into()]), cmd: Some(vec!["serve".into()]), ..Default::default() };
+        let img = ContainerConfig {
+            entrypoint: Some(vec!["/init".into()]),
+            cmd: Some(vec!["serve".into()]),
+            ..Default::default()
+        };
         assert_eq!(command(&ContainerSpec::default(), &img), ["/init", "serve"]);
-        let s = ContainerSpec { entrypoint: Some(vec!["/bin/sh".into()]), ..Default::default() };
+        let s = ContainerSpec {
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            ..Default::default()
+        };
         assert_eq!(command(&s, &img), ["/bin/sh"]);
-        let s = ContainerSpec { cmd: Some(vec!["x".into()]), ..Default::default() };
+        let s = ContainerSpec {
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        };
         assert_eq!(command(&s, &img), ["/init", "x"]);
     }
 
     #[test]
     fn env_overrides_and_defaults() {
-        let img = ContainerConfig { env: Some(vec!["A=1".into(), "PATH=/bin".into()]), ..Default::default() };
-        let s = ContainerSpec { env: vec!["A=2".into(), "B".into()], ..Default::default() };
+        let img = ContainerConfig {
+            env: Some(vec!["A=1".into(), "PATH=/bin".into()]),
+            ..Default::default()
+        };
+        let s = ContainerSpec {
+            env: vec!["A=2".into(), "B".into()],
+            ..Default::default()
+        };
         let env = environment(&s, &img, "h");
         assert_eq!(env, ["A=2", "PATH=/bin", "B=", "HOSTNAME=h"]);
     }
@@ -440,18 +550,43 @@ mod tests {
     fn users_resolve_from_the_image() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("etc")).unwrap();
-        fs::write(d.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nrancher:x:1100:1101::/home/rancher:/bin/sh\n").unwrap();
-        fs::write(d.path().join("etc/group"), "root:x:0:\ndocker:x:999:rancher\n").unwrap();
-        assert_eq!(resolve_user(d.path(), "rancher").unwrap(), (1100, 1101, vec![]));
-        assert_eq!(resolve_user(d.path(), "rancher:docker").unwrap(), (1100, 999, vec![]));
+        fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/:/bin/sh\nrancher:x:1100:1101::/home/rancher:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\ndocker:x:999:rancher\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_user(d.path(), "rancher").unwrap(),
+            (1100, 1101, vec![])
+        );
+        assert_eq!(
+            resolve_user(d.path(), "rancher:docker").unwrap(),
+            (1100, 999, vec![])
+        );
         assert_eq!(resolve_user(d.path(), "42").unwrap(), (42, 42, vec![]));
         assert!(resolve_user(d.path(), "nobody").is_err());
     }
 
     #[test]
     fn bridge_network_is_refused_clearly() {
-        let s = ContainerSpec { network: NsMode::Private, cmd: Some(vec!["true".into()]), ..Default::default() };
-        let e = runtime_spec("c1", &s, &ContainerConfig::default(), Path::new("/tmp/r"), &[]).unwrap_err();
+        let s = ContainerSpec {
+            network: NsMode::Private,
+            cmd: Some(vec!["true".into()]),
+            ..Default::default()
+        };
+        let e = runtime_spec(
+            "c1",
+            &s,
+            &ContainerConfig::default(),
+            Path::new("/tmp/r"),
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not supported by the system engine"));
     }
 }

@@ -3,6 +3,9 @@
 
 pub mod api;
 pub mod bundle;
+pub mod daemon;
+pub mod docker;
+pub mod reaper;
 pub mod runtime;
 pub mod shim;
 pub mod spec;

@@ -17,7 +17,14 @@ pub struct RuntimeError {
 pub trait Runtime {
     /// Creates and starts the container described by `bundle/config.json` with the given stdio;
     /// returns the pid of its init. The calling process must be able to reap that pid.
-    fn start(&self, id: &str, bundle: &Path, stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError>;
+    fn start(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, RuntimeError>;
     /// Forgets a stopped container (cgroups, runtime state).
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
 }
@@ -29,14 +36,24 @@ pub struct Libcontainer {
 
 impl Libcontainer {
     pub fn new(root: &Path) -> Self {
-        Libcontainer { root: root.to_path_buf() }
+        Libcontainer {
+            root: root.to_path_buf(),
+        }
     }
 }
 
 impl Runtime for Libcontainer {
-    fn start(&self, id: &str, bundle: &Path, stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Result<i32, RuntimeError> {
+    fn start(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, RuntimeError> {
         let err = |why: String| RuntimeError { id: id.into(), why };
-        std::fs::create_dir_all(&self.root).map_err(|e| err(format!("creating {}: {e}", self.root.display())))?;
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| err(format!("creating {}: {e}", self.root.display())))?;
         // A leftover from an earlier run of the same container (daemon restart, crash).
         let _ = self.delete(id);
         let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
@@ -51,7 +68,10 @@ impl Runtime for Libcontainer {
             .build()
             .map_err(|e| err(format!("create: {e}")))?;
         container.start().map_err(|e| err(format!("start: {e}")))?;
-        container.pid().map(|p| p.as_raw()).ok_or_else(|| err("started without a pid".into()))
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| err("started without a pid".into()))
     }
 
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -60,7 +80,8 @@ impl Runtime for Libcontainer {
             return Ok(());
         }
         let err = |why: String| RuntimeError { id: id.into(), why };
-        let mut c = libcontainer::container::Container::load(dir.clone()).map_err(|e| err(format!("load: {e}")))?;
+        let mut c = libcontainer::container::Container::load(dir.clone())
+            .map_err(|e| err(format!("load: {e}")))?;
         c.delete(true).map_err(|e| err(format!("delete: {e}")))?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())

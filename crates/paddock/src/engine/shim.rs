@@ -69,7 +69,10 @@ pub const ERROR_PREFIX: &str = "error ";
 
 /// Runs the shim for the container directory `dir`. Returns the process exit status.
 pub fn main(dir: &Path) -> i32 {
-    let cfg: ShimConfig = match fs::read(dir.join("shim.json")).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+    let cfg: ShimConfig = match fs::read(dir.join("shim.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             println!("{ERROR_PREFIX}reading {}/shim.json: {e}", dir.display());
@@ -84,8 +87,16 @@ pub fn main(dir: &Path) -> i32 {
             let msg = format!("{e:#}");
             // The daemon may still be waiting for our readiness line.
             println!("{ERROR_PREFIX}{}", msg.replace('\n', " "));
-            let exit = ExitState { exit_code: 128, finished_at: now_rfc3339(), error: Some(msg) };
-            let _ = write_atomic(&dir.join("exit.json"), &serde_json::to_vec(&exit).unwrap_or_default(), 0o644);
+            let exit = ExitState {
+                exit_code: 128,
+                finished_at: now_rfc3339(),
+                error: Some(msg),
+            };
+            let _ = write_atomic(
+                &dir.join("exit.json"),
+                &serde_json::to_vec(&exit).unwrap_or_default(),
+                0o644,
+            );
             1
         }
     }
@@ -109,19 +120,35 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
         (File::open("/dev/null")?.into(), None)
     };
 
-    let pid = super::runtime::Libcontainer::new(&cfg.runtime_root).start(&cfg.id, &cfg.bundle, in_r, out_w, err_w)?;
+    let pid = super::runtime::Libcontainer::new(&cfg.runtime_root).start(
+        &cfg.id,
+        &cfg.bundle,
+        in_r,
+        out_w,
+        err_w,
+    )?;
 
-    let state = RunState { pid, shim_pid: std::process::id() as i32, started_at: now_rfc3339() };
+    let state = RunState {
+        pid,
+        shim_pid: std::process::id() as i32,
+        started_at: now_rfc3339(),
+    };
     write_atomic(&dir.join("state.json"), &serde_json::to_vec(&state)?, 0o644)?;
     println!("{READY_PREFIX}{pid}");
     let _ = io::stdout().flush();
 
     let clients: Clients = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::new(Mutex::new(LogWriter::open(dir, cfg.log_max_size, cfg.log_max_files)?));
+    let log = Arc::new(Mutex::new(LogWriter::open(
+        dir,
+        cfg.log_max_size,
+        cfg.log_max_files,
+    )?));
     let mut copiers = vec![];
     for (fd, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
         let (log, clients) = (log.clone(), clients.clone());
-        copiers.push(std::thread::spawn(move || copy_output(File::from(fd), stream, &log, &clients)));
+        copiers.push(std::thread::spawn(move || {
+            copy_output(File::from(fd), stream, &log, &clients)
+        }));
     }
     let stdin = in_w.map(|w| Arc::new(Mutex::new(File::from(w))));
     {
@@ -156,7 +183,11 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
         }
     }
     let _ = super::runtime::Libcontainer::new(&cfg.runtime_root).delete(&cfg.id);
-    let exit = ExitState { exit_code: code, finished_at: now_rfc3339(), error: None };
+    let exit = ExitState {
+        exit_code: code,
+        finished_at: now_rfc3339(),
+        error: None,
+    };
     write_atomic(&dir.join("exit.json"), &serde_json::to_vec(&exit)?, 0o644)?;
     let _ = fs::remove_file(&sock_path);
     // Closing the listener and the clients tells the daemon.
@@ -252,12 +283,25 @@ impl LogWriter {
         let path = dir.join("container.log");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(LogWriter { path, file, size, max_size, max_files, dropped: 0 })
+        Ok(LogWriter {
+            path,
+            file,
+            size,
+            max_size,
+            max_files,
+            dropped: 0,
+        })
     }
 
     pub fn write(&mut self, stream: &str, data: &[u8]) {
-        let rec = LogRecord { log: String::from_utf8_lossy(data).into_owned(), stream: stream.into(), time: now_rfc3339() };
-        let Ok(mut line) = serde_json::to_vec(&rec) else { return };
+        let rec = LogRecord {
+            log: String::from_utf8_lossy(data).into_owned(),
+            stream: stream.into(),
+            time: now_rfc3339(),
+        };
+        let Ok(mut line) = serde_json::to_vec(&rec) else {
+            return;
+        };
         line.push(b'\n');
         if self.max_size > 0 && self.size + line.len() as u64 > self.max_size && self.size > 0 {
             self.rotate();
@@ -279,7 +323,11 @@ impl LogWriter {
             let _ = fs::rename(&self.path, rotated(&self.path, 1));
         }
         let _ = fs::remove_file(rotated(&self.path, self.max_files + 1));
-        if let Ok(f) = OpenOptions::new().create(true).append(true).open(&self.path) {
+        if let Ok(f) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
             self.file = f;
             self.size = 0;
         }
@@ -299,9 +347,14 @@ pub fn read_ready(stdout: impl Read) -> Result<i32, String> {
     let _ = io::BufReader::new(stdout).read_line(&mut line);
     let line = line.trim_end();
     if let Some(pid) = line.strip_prefix(READY_PREFIX) {
-        return pid.parse().map_err(|_| format!("shim sent a bad pid {pid:?}"));
+        return pid
+            .parse()
+            .map_err(|_| format!("shim sent a bad pid {pid:?}"));
     }
-    Err(line.strip_prefix(ERROR_PREFIX).unwrap_or("the shim exited before starting the container").to_owned())
+    Err(line
+        .strip_prefix(ERROR_PREFIX)
+        .unwrap_or("the shim exited before starting the container")
+        .to_owned())
 }
 
 #[cfg(test)]
@@ -318,7 +371,10 @@ mod tests {
         }
         let p = d.path().join("container.log");
         assert!(p.exists() && rotated(&p, 1).exists() && rotated(&p, 2).exists());
-        assert!(!rotated(&p, 3).exists(), "more rotated files than max_files");
+        assert!(
+            !rotated(&p, 3).exists(),
+            "more rotated files than max_files"
+        );
         assert!(fs::metadata(&p).unwrap().len() <= 300);
         let last = fs::read_to_string(&p).unwrap();
         assert!(last.contains("line 29"));
@@ -329,7 +385,10 @@ mod tests {
     #[test]
     fn readiness_lines() {
         assert_eq!(read_ready(&b"started 42\n"[..]), Ok(42));
-        assert_eq!(read_ready(&b"error no such file\n"[..]), Err("no such file".into()));
+        assert_eq!(
+            read_ready(&b"error no such file\n"[..]),
+            Err("no such file".into())
+        );
         assert!(read_ready(&b""[..]).is_err());
     }
 }

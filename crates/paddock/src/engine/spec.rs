@@ -15,7 +15,9 @@ pub enum RestartPolicy {
     Always,
     UnlessStopped,
     /// Restart after a non-zero exit, at most `max` times (0 = no limit).
-    OnFailure { max: u32 },
+    OnFailure {
+        max: u32,
+    },
 }
 
 impl RestartPolicy {
@@ -30,7 +32,9 @@ impl RestartPolicy {
                 .parse()
                 .map(|max| RestartPolicy::OnFailure { max })
                 .map_err(|_| format!("restart policy {s:?}: on-failure takes a number of retries")),
-            _ => Err(format!("restart policy {s:?}: expected no, always, unless-stopped or on-failure[:N]")),
+            _ => Err(format!(
+                "restart policy {s:?}: expected no, always, unless-stopped or on-failure[:N]"
+            )),
         }
     }
 
@@ -143,7 +147,11 @@ pub fn parse_bind(s: &str) -> Result<MountSpec, String> {
         return Err(format!("volume {s:?}: the container path must be absolute"));
     }
     let mut m = MountSpec {
-        kind: if source.starts_with('/') { "bind".into() } else { "volume".into() },
+        kind: if source.starts_with('/') {
+            "bind".into()
+        } else {
+            "volume".into()
+        },
         source: source.into(),
         destination: destination.into(),
         read_only: false,
@@ -155,7 +163,9 @@ pub fn parse_bind(s: &str) -> Result<MountSpec, String> {
             "ro" => m.read_only = true,
             "rw" => m.read_only = false,
             "z" | "Z" | "nocopy" | "consistent" | "cached" | "delegated" => {}
-            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => m.propagation = o.into(),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
+                m.propagation = o.into()
+            }
             other => return Err(format!("volume {s:?}: unknown option {other:?}")),
         }
     }
@@ -169,8 +179,14 @@ mod tests {
 
     #[test]
     fn restart_policies_parse() {
-        assert_eq!(RestartPolicy::parse("on-failure:3").unwrap(), RestartPolicy::OnFailure { max: 3 });
-        assert_eq!(RestartPolicy::parse("always").unwrap(), RestartPolicy::Always);
+        assert_eq!(
+            RestartPolicy::parse("on-failure:3").unwrap(),
+            RestartPolicy::OnFailure { max: 3 }
+        );
+        assert_eq!(
+            RestartPolicy::parse("always").unwrap(),
+            RestartPolicy::Always
+        );
         assert_eq!(RestartPolicy::parse("").unwrap(), RestartPolicy::No);
         assert!(RestartPolicy::parse("sometimes").is_err());
         assert!(RestartPolicy::parse("on-failure:x").is_err());
@@ -179,7 +195,10 @@ mod tests {
     #[test]
     fn binds_parse() {
         let m = parse_bind("/var/run:/var/run:rshared,ro").unwrap();
-        assert_eq!((m.kind.as_str(), m.read_only, m.propagation.as_str()), ("bind", true, "rshared"));
+        assert_eq!(
+            (m.kind.as_str(), m.read_only, m.propagation.as_str()),
+            ("bind", true, "rshared")
+        );
         assert_eq!(parse_bind("data:/data").unwrap().kind, "volume");
         assert_eq!(parse_bind("/anon").unwrap().source, "");
         assert!(parse_bind("/a:relative").is_err());

@@ -12,7 +12,13 @@ pub fn rfc3339(t: SystemTime) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, dd) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
@@ -36,7 +42,11 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     let (y, m, d) = (it.next()??, it.next()??, it.next()??);
     let time = time.trim_end_matches('Z');
     let mut t = time.split(':');
-    let (hh, mm, ss) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let (hh, mm, ss) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
     let yoe = y2.rem_euclid(400);
