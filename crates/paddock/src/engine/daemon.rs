@@ -994,6 +994,29 @@ impl Engine {
         })
     }
 
+    /// The current end of the container's log (where an attach starts reading).
+    pub fn log_end(&self, id: &str) -> u64 {
+        fs::metadata(self.dir(id).join("container.log"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Follows the container's log from byte `pos` until it stops running.
+    pub fn logs_from(&self, what: &str, pos: u64) -> Result<LogReader, EngineError> {
+        let c = self.get(what)?;
+        let path = self.dir(&c.id).join("container.log");
+        let ino = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+        Ok(LogReader {
+            engine: self.clone(),
+            id: c.id,
+            path,
+            pos,
+            ino,
+            follow: true,
+            backlog: Default::default(),
+        })
+    }
+
     /// The shim socket of a running container (attach: live output frames, stdin).
     pub fn attach_socket(&self, what: &str) -> Result<UnixStream, EngineError> {
         let c = self.get(what)?;
@@ -1179,7 +1202,12 @@ impl Iterator for LogReader {
             if !running {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Wake at once when the container stops; otherwise poll for new output.
+            self.engine.wait_until(
+                &self.id,
+                Some(Instant::now() + Duration::from_millis(50)),
+                |c| !matches!(c.status, Status::Running | Status::Restarting),
+            );
         }
     }
 }

@@ -434,9 +434,14 @@ fn error_message(msg: String) -> ProgressMessage {
     }
 }
 
-/// An attach session: live output from the shim socket, stdin to it.
+/// An attach session. Output comes from the container's log from the moment of attaching
+/// (so a container that exits before the client reads loses nothing, and `docker run`, which
+/// attaches before it starts the container, sees all of it); stdin goes to the shim socket.
 struct AttachSession {
-    conn: std::os::unix::net::UnixStream,
+    engine: Engine,
+    id: String,
+    generation: u64,
+    log_pos: u64,
     tty: bool,
     stdin: bool,
     stdout: bool,
@@ -450,29 +455,36 @@ impl Session for AttachSession {
 
     fn run(self: Box<Self>, io: HijackedIo) {
         let HijackedIo { mut stdin, output } = io;
+        let (g0, id) = (self.generation, self.id.clone());
+        // Wait for the container to run (attach may come before start).
+        self.engine.wait_until(&id, None, |c| {
+            c.status == Status::Running || c.generation > g0
+        });
         if self.stdin {
-            if let Ok(mut w) = self.conn.try_clone() {
+            if let Ok(conn) = self.engine.attach_socket(&id) {
+                if let Ok(mut w) = conn.try_clone() {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut stdin, &mut w);
+                        let _ = w.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                // The shim also sends output frames on this connection: drain them.
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut stdin, &mut w);
+                    let mut conn = conn;
+                    let _ = std::io::copy(&mut conn, &mut std::io::sink());
                 });
             }
         }
-        // Frames from the shim: kind(1) 0 0 0 len(u32 BE) data.
-        let mut r = std::io::BufReader::new(self.conn);
-        let mut head = [0u8; 8];
-        while r.read_exact(&mut head).is_ok() {
-            let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
-            let mut data = vec![0u8; len];
-            if r.read_exact(&mut data).is_err() {
-                break;
-            }
-            let (kind, wanted) = if head[0] == 2 {
-                (StreamKind::Stderr, self.stderr)
-            } else {
-                (StreamKind::Stdout, self.stdout)
-            };
-            if wanted && output.write_output(kind, &data).is_err() {
-                break;
+        if let Ok(reader) = self.engine.logs_from(&id, self.log_pos) {
+            for r in reader {
+                let (kind, wanted) = if r.stream == "stderr" {
+                    (StreamKind::Stderr, self.stderr)
+                } else {
+                    (StreamKind::Stdout, self.stdout)
+                };
+                if wanted && output.write_output(kind, r.log.as_bytes()).is_err() {
+                    break;
+                }
             }
         }
         let _ = output.close();
@@ -649,18 +661,11 @@ impl Backend for Engine {
         opts: &AttachOptions,
     ) -> Result<Box<dyn Session>, ApiError> {
         let c = self.get(id)?;
-        if c.status != Status::Running {
-            // `docker start -a` attaches before starting: wait briefly for the start.
-            let id2 = c.id.clone();
-            self.wait_until(
-                &id2,
-                Some(std::time::Instant::now() + std::time::Duration::from_secs(10)),
-                |c| c.status == Status::Running,
-            );
-        }
-        let conn = self.attach_socket(id)?;
         Ok(Box::new(AttachSession {
-            conn,
+            engine: self.clone(),
+            log_pos: self.log_end(&c.id),
+            id: c.id,
+            generation: c.generation,
             tty: c.spec.tty,
             stdin: opts.stdin,
             stdout: opts.stdout,
