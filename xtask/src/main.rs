@@ -13,14 +13,17 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 
 /// Debian packages the build and the tests use.
-const PACKAGES: &[(&str, &str)] = &[
-    // (package, a file it provides: present means installed)
-    ("docker-registry", "/usr/bin/docker-registry"),
-    ("skopeo", "/usr/bin/skopeo"),
-    ("umoci", "/usr/bin/umoci"),
-    ("apache2-utils", "/usr/bin/htpasswd"),
-    ("openssl", "/usr/bin/openssl"),
-    ("ca-certificates", "/etc/ssl/certs/ca-certificates.crt"),
+const PACKAGES: &[(&str, &[&str])] = &[
+    // (package, files it provides: any present means installed)
+    ("docker-registry", &["/usr/bin/docker-registry"]),
+    ("skopeo", &["/usr/bin/skopeo"]),
+    ("umoci", &["/usr/bin/umoci"]),
+    ("apache2-utils", &["/usr/bin/htpasswd"]),
+    ("openssl", &["/usr/bin/openssl"]),
+    ("ca-certificates", &["/etc/ssl/certs/ca-certificates.crt"]),
+    // The stock docker CLI drives the system engine in tests (only the client is used).
+    ("docker.io", &["/usr/bin/docker", "/usr/local/bin/docker"]),
+    ("bsdutils", &["/usr/bin/script"]),
 ];
 
 fn main() -> ExitCode {

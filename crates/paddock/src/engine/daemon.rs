@@ -150,6 +150,8 @@ struct Inner {
     containers: Mutex<BTreeMap<String, Container>>,
     changed: Condvar,
     reaper: Reaper,
+    /// Attached clients per container: auto-removal waits for them to read the last output.
+    attached: Mutex<BTreeMap<String, usize>>,
 }
 
 /// The system engine. Cheap to clone; all clones share state.
@@ -206,6 +208,7 @@ impl Engine {
                 containers: Mutex::new(BTreeMap::new()),
                 changed: Condvar::new(),
                 reaper: Reaper::start(),
+                attached: Mutex::new(BTreeMap::new()),
             }),
         };
         engine.readopt();
@@ -496,10 +499,10 @@ impl Engine {
 
     fn unmount(&self, id: &str) {
         let rootfs = self.dir(id).join("rootfs");
-        if is_mountpoint(&rootfs) {
-            if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!("unmounting {}: {e}", rootfs.display());
-            }
+        if is_mountpoint(&rootfs)
+            && let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!("unmounting {}: {e}", rootfs.display());
         }
     }
 
@@ -613,10 +616,10 @@ impl Engine {
         let p = self.dir(id).join("exit.json");
         // The shim writes exit.json before closing the socket; allow for a slow disk.
         for _ in 0..50 {
-            if let Ok(b) = fs::read(&p) {
-                if let Ok(e) = serde_json::from_slice::<ExitState>(&b) {
-                    return e;
-                }
+            if let Ok(b) = fs::read(&p)
+                && let Ok(e) = serde_json::from_slice::<ExitState>(&b)
+            {
+                return e;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -700,7 +703,15 @@ impl Engine {
             None => {
                 self.unmount(id);
                 if auto_remove {
-                    let _ = self.remove(id, true, true);
+                    let engine = self.clone();
+                    let id = id.to_owned();
+                    std::thread::spawn(move || {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while engine.attached(&id) > 0 && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        let _ = engine.remove(&id, true, true);
+                    });
                 }
             }
         }
@@ -728,10 +739,10 @@ impl Engine {
                 if matches!(c.status, Status::Running | Status::Restarting) {
                     match connect_once(&e.path().join("shim.sock")) {
                         Some(conn) => {
-                            if let Ok(s) = fs::read(e.path().join("state.json")) {
-                                if let Ok(rs) = serde_json::from_slice::<RunState>(&s) {
-                                    c.pid = rs.pid;
-                                }
+                            if let Ok(s) = fs::read(e.path().join("state.json"))
+                                && let Ok(rs) = serde_json::from_slice::<RunState>(&s)
+                            {
+                                c.pid = rs.pid;
                             }
                             c.status = Status::Running;
                             pending.push((c.id.clone(), Some(conn), c.generation));
@@ -992,6 +1003,29 @@ impl Engine {
             follow,
             backlog: backlog.into(),
         })
+    }
+
+    /// Notes a client attached to `id` (until [`Engine::attach_end`]).
+    pub fn attach_begin(&self, id: &str) {
+        if let Ok(mut a) = self.inner.attached.lock() {
+            *a.entry(id.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn attach_end(&self, id: &str) {
+        if let Ok(mut a) = self.inner.attached.lock() {
+            if let Some(n) = a.get_mut(id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn attached(&self, id: &str) -> usize {
+        self.inner
+            .attached
+            .lock()
+            .map(|a| a.get(id).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// The current end of the container's log (where an attach starts reading).

@@ -460,20 +460,20 @@ impl Session for AttachSession {
         self.engine.wait_until(&id, None, |c| {
             c.status == Status::Running || c.generation > g0
         });
-        if self.stdin {
-            if let Ok(conn) = self.engine.attach_socket(&id) {
-                if let Ok(mut w) = conn.try_clone() {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut stdin, &mut w);
-                        let _ = w.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-                // The shim also sends output frames on this connection: drain them.
+        if self.stdin
+            && let Ok(conn) = self.engine.attach_socket(&id)
+        {
+            if let Ok(mut w) = conn.try_clone() {
                 std::thread::spawn(move || {
-                    let mut conn = conn;
-                    let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                    let _ = std::io::copy(&mut stdin, &mut w);
+                    let _ = w.shutdown(std::net::Shutdown::Write);
                 });
             }
+            // The shim also sends output frames on this connection: drain them.
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
         }
         if let Ok(reader) = self.engine.logs_from(&id, self.log_pos) {
             for r in reader {
@@ -488,6 +488,7 @@ impl Session for AttachSession {
             }
         }
         let _ = output.close();
+        self.engine.attach_end(&id);
     }
 }
 
@@ -661,6 +662,7 @@ impl Backend for Engine {
         opts: &AttachOptions,
     ) -> Result<Box<dyn Session>, ApiError> {
         let c = self.get(id)?;
+        self.attach_begin(&c.id);
         Ok(Box::new(AttachSession {
             engine: self.clone(),
             log_pos: self.log_end(&c.id),
@@ -732,10 +734,10 @@ impl Backend for Engine {
             _ => opts.from_image.clone(),
         };
         let mut copts = ClientOptions::default();
-        if let Some(auth) = opts.registry_auth.as_deref().and_then(decode_registry_auth) {
-            if let Ok(r) = reference.parse::<crate::image::Reference>() {
-                copts.auths.0.insert(r.domain, auth);
-            }
+        if let Some(auth) = opts.registry_auth.as_deref().and_then(decode_registry_auth)
+            && let Ok(r) = reference.parse::<crate::image::Reference>()
+        {
+            copts.auths.0.insert(r.domain, auth);
         }
         let collect = Collect(std::sync::Mutex::new(vec![ProgressMessage::status(
             None,

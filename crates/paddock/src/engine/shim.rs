@@ -197,10 +197,10 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
 /// Accepts connections on shim.sock: each one receives live output and may write stdin.
 fn serve(listener: UnixListener, clients: Clients, stdin: Option<Arc<Mutex<File>>>) {
     for conn in listener.incoming().flatten() {
-        if let Ok(c) = conn.try_clone() {
-            if let Ok(mut list) = clients.lock() {
-                list.push(c);
-            }
+        if let Ok(c) = conn.try_clone()
+            && let Ok(mut list) = clients.lock()
+        {
+            list.push(c);
         }
         let stdin = stdin.clone();
         std::thread::spawn(move || {
@@ -210,10 +210,10 @@ fn serve(listener: UnixListener, clients: Clients, stdin: Option<Arc<Mutex<File>
                 match conn.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if let Some(s) = &stdin {
-                            if let Ok(mut f) = s.lock() {
-                                let _ = f.write_all(&buf[..n]);
-                            }
+                        if let Some(s) = &stdin
+                            && let Ok(mut f) = s.lock()
+                        {
+                            let _ = f.write_all(&buf[..n]);
                         }
                     }
                 }
@@ -252,10 +252,10 @@ fn copy_output(mut src: File, stream: &str, log: &Mutex<LogWriter>, clients: &Cl
             }
         }
     }
-    if !pending.is_empty() {
-        if let Ok(mut l) = log.lock() {
-            l.write(stream, &pending);
-        }
+    if !pending.is_empty()
+        && let Ok(mut l) = log.lock()
+    {
+        l.write(stream, &pending);
     }
 }
 
