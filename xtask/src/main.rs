@@ -92,7 +92,7 @@ fn cargo() -> Command {
 fn setup() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, f)| !Path::new(f).exists())
+        .filter(|(_, files)| !files.iter().any(|f| Path::new(f).exists()))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {
