@@ -123,10 +123,10 @@ impl Drop for Daemon {
         // Unmount anything left below the temp dir before it is removed.
         if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
             for line in m.lines() {
-                if let Some(p) = line.split_whitespace().nth(1) {
-                    if Path::new(p).starts_with(self.tmp.path()) {
-                        let _ = Command::new("umount").arg("-l").arg(p).status();
-                    }
+                if let Some(p) = line.split_whitespace().nth(1)
+                    && Path::new(p).starts_with(self.tmp.path())
+                {
+                    let _ = Command::new("umount").arg("-l").arg(p).status();
                 }
             }
         }

@@ -1013,10 +1013,10 @@ impl Engine {
     }
 
     pub fn attach_end(&self, id: &str) {
-        if let Ok(mut a) = self.inner.attached.lock() {
-            if let Some(n) = a.get_mut(id) {
-                *n = n.saturating_sub(1);
-            }
+        if let Ok(mut a) = self.inner.attached.lock()
+            && let Some(n) = a.get_mut(id)
+        {
+            *n = n.saturating_sub(1);
         }
     }
 
