@@ -66,7 +66,7 @@ mod tests {
     fn formats_and_parses() {
         let t = UNIX_EPOCH + Duration::new(1_795_426_200, 5);
         let s = rfc3339(t);
-        assert_eq!(s, "2026-11-22T06:50:00.000000005Z");
+        assert_eq!(s, "2026-11-23T09:30:00.000000005Z");
         assert_eq!(parse_rfc3339(&s).map(|v| v as i64), Some(1_795_426_200));
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
     }
