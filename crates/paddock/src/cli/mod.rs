@@ -81,17 +81,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     if argv0.as_deref() == Some("system-dockerd") {
         return daemon_main(args);
     }
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse::<Cli>(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap prints help/version to stdout and errors to stderr itself.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     // The shim's stderr becomes the container's in the runtime's forked init: keep it quiet.
     let quiet = matches!(cli.command, Command::Shim { .. });
@@ -117,17 +109,23 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-fn daemon_main(args: Vec<OsString>) -> ExitCode {
-    let a = match dockerd::DaemonArgs::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+/// Parses arguments; on failure clap has printed help/version (stdout) or the error (stderr)
+/// and the exit code is returned.
+fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
+    T::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
         }
+    })
+}
+
+fn daemon_main(args: Vec<OsString>) -> ExitCode {
+    let a = match parse::<dockerd::DaemonArgs>(args) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     init_logging(Some(a.debug + 1));
     match dockerd::run(a) {
