@@ -454,6 +454,7 @@ impl Engine {
             }
             c.manually_stopped = false;
             c.generation += 1;
+            c.error.clear();
             c.clone()
         };
         self.launch(c)

@@ -458,7 +458,10 @@ impl Session for AttachSession {
         let (g0, id) = (self.generation, self.id.clone());
         // Wait for the container to run (attach may come before start).
         self.engine.wait_until(&id, None, |c| {
-            c.status == Status::Running || c.generation > g0
+            // Running, or a start after attaching has finished (ran and exited, or failed).
+            // Not merely begun: the log does not exist before the shim runs.
+            c.status == Status::Running
+                || (c.generation > g0 && (c.status != Status::Created || !c.error.is_empty()))
         });
         if self.stdin
             && let Ok(conn) = self.engine.attach_socket(&id)
