@@ -159,7 +159,47 @@ fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("xtask: not root: the root integration tests (#[ignore]d) are skipped");
     }
-    sh(&mut cmd)
+    sh(&mut cmd)?;
+    fuzz_briefly()
+}
+
+/// Runs the cloud-config fuzz targets for a short while (set PADDOCK_FUZZ_SECONDS=0 to skip).
+/// cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
+fn fuzz_briefly() -> Result<()> {
+    let secs: u32 = env::var("PADDOCK_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    if secs == 0 {
+        eprintln!("xtask: fuzzing skipped (PADDOCK_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    if Command::new(cargo_bin("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("xtask: cargo install cargo-fuzz");
+        sh(cargo().args(["install", "--quiet", "--locked", "cargo-fuzz"]))?;
+    }
+    let fuzz_dir = workspace_root().join("fuzz");
+    for (target, t) in [("config_yaml", secs), ("config_cmdline", secs.div_ceil(2))] {
+        eprintln!("xtask: fuzzing {target} for {t} s");
+        sh(cargo()
+            .current_dir(&fuzz_dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "fuzz",
+                "run",
+                "-O",
+                target,
+                "--",
+                &format!("-max_total_time={t}"),
+                "-print_final_stats=0",
+            ]))?;
+    }
+    Ok(())
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
