@@ -845,18 +845,17 @@ impl Backend for Engine {
             .collect();
         let last_name =
             img.names.len() <= 1 || !img.names.iter().any(|n| familiar(n) == name || n == name);
-        if !users.is_empty() && last_name && !opts.force {
+        if let Some(user) = users.first().filter(|_| last_name) {
+            // Even when forced: a container's rootfs stacks the image's layers, so the image
+            // goes only after its containers.
+            let hint = if opts.force {
+                "remove the container first"
+            } else {
+                "must be forced"
+            };
             return Err(ApiError::conflict(format!(
-                "conflict: unable to delete {name} (must be forced) - image is being used by container {}",
-                &users[0].id[..12]
-            )));
-        }
-        if !users.is_empty() && last_name {
-            // Forced: containers keep running on their mounted layers; the layers stay until
-            // nothing uses them.
-            return Err(ApiError::conflict(format!(
-                "conflict: unable to delete {name} - image is in use by container {} (remove the container first)",
-                &users[0].id[..12]
+                "conflict: unable to delete {name} ({hint}) - image is being used by container {}",
+                &user.id[..12]
             )));
         }
         let (untagged, deleted) = self

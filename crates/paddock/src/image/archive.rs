@@ -15,7 +15,7 @@ use super::digest::{Digest, HashingReader};
 use super::progress::Progress;
 use super::reference::{Reference, familiar};
 use super::spec::{self, Compression, Descriptor, Index, Manifest, ManifestOrIndex};
-use super::store::{BlobSource, Image, Store, StoreError};
+use super::store::{BlobSource, Image, Store, StoreError, io_at};
 use super::unpack;
 
 /// The archive formats `ros image save` writes.
@@ -31,13 +31,6 @@ fn invalid(what: impl Into<String>, why: impl Into<String>) -> StoreError {
     StoreError::Invalid {
         what: what.into(),
         why: why.into(),
-    }
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |err| StoreError::Io {
-        path: path.to_path_buf(),
-        err,
     }
 }
 

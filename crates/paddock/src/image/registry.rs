@@ -263,12 +263,7 @@ impl Session {
                     err: Box::new(e),
                 })?;
                 let status = resp.status().as_u16();
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(1 << 20)
-                    .read_to_vec()
-                    .unwrap_or_default();
+                let body = small_body(&mut resp);
                 if status != 200 {
                     return Err(auth_err(format!(
                         "token server {realm} answered http {status}: {}",
@@ -339,12 +334,7 @@ impl Session {
         let mut resp = self.get(&url, None)?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 20)
-                .read_to_vec()
-                .unwrap_or_default();
+            let body = small_body(&mut resp);
             return Err(RegistryError::Status {
                 url,
                 status,
@@ -359,6 +349,15 @@ impl Session {
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         Ok((Box::new(reader), len))
     }
+}
+
+/// Reads at most 1 MiB of a response body (token answers, error bodies); empty on failure.
+fn small_body(resp: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+    resp.body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_vec()
+        .unwrap_or_default()
 }
 
 /// Splits `Bearer realm="a",service="b"` into the scheme and its parameters.

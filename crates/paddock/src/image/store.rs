@@ -72,7 +72,8 @@ pub enum StoreError {
     Invalid { what: String, why: String },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+/// Maps an io error to [`StoreError::Io`] naming `path`.
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |err| StoreError::Io {
         path: path.to_path_buf(),
         err,
