@@ -1,4 +1,5 @@
-//! Every config of the RancherOS corpus (../shared/reference/rancheros-corpus/configs), judged
+//! Every config of the RancherOS corpus (a copy of ../shared/reference/rancheros-corpus/configs
+//! in tests/corpus/rancheros-configs, so the tests do not depend on shared/), judged
 //! as its INDEX.md says Paddock should, then merged and exported. Golden files live in
 //! tests/golden/config; regenerate them with `UPDATE_GOLDEN=1`.
 
@@ -13,8 +14,7 @@ use paddock::config::{self, Severity, export, yaml};
 use paddock::root::Root;
 
 fn corpus_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/rancheros-corpus/configs");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/rancheros-configs");
     assert!(
         d.join("INDEX.md").exists(),
         "the corpus is missing at {}",
