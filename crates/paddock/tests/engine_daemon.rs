@@ -16,7 +16,11 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
-        let tmp = tempfile::tempdir().unwrap();
+        Daemon::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// A daemon in `tmp`, whose `data` directory the caller may have prepared (a mount).
+    fn start_in(tmp: tempfile::TempDir) -> Daemon {
         let bin = tmp.path().join("system-dockerd");
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ros"), &bin).unwrap();
         // The busybox test image, loaded into the engine's store before it starts.
@@ -342,4 +346,274 @@ fn sigkill_of_the_daemon_keeps_containers_and_logs() {
     d.ok(&["stop", "-t", "1", "ticker"]);
     assert_eq!(d.inspect("ticker", "{{.State.Status}}"), "exited");
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+/// Runs `cmd` under a pseudo-terminal (util-linux `script`), as a user at a terminal would.
+/// `typed` is what the user types.
+fn in_terminal(cmd: &str, typed: &str) -> String {
+    use std::io::Write as _;
+    let mut c = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).replace('\r', "")
+}
+
+#[test]
+#[ignore = "needs root and the test tools: run `cargo xtask test`"]
+fn exec_and_terminals() {
+    let d = Daemon::start();
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "-e",
+        "FROM_RUN=1",
+        "bb:1",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(d.ok(&["exec", "box", "echo", "hi"]), "hi\n");
+    // The exit code, stderr apart from stdout.
+    let o = d.docker(&["exec", "box", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    // Environment (the container's plus -e), working dir, user.
+    assert_eq!(
+        d.ok(&[
+            "exec",
+            "-e",
+            "A=2",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1000",
+            "box",
+            "sh",
+            "-c",
+            "echo $FROM_RUN $A $(pwd) $(id -u):$(id -g)"
+        ]),
+        "1 2 /tmp 1000:1000\n"
+    );
+    // It runs in the container's namespaces: same pid namespace as its init.
+    let ours = d.ok(&["exec", "box", "readlink", "/proc/1/ns/pid"]);
+    let pid = d.inspect("box", "{{.State.Pid}}");
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert_eq!(ours.trim(), theirs.to_str().unwrap());
+    // stdin with -i.
+    let mut child = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", d.sock().display()))
+        .args(["exec", "-i", "box", "sh", "-c", "tr a-z A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped input\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED INPUT\n");
+    // Detached: it runs after the CLI returned.
+    d.ok(&[
+        "exec",
+        "-d",
+        "box",
+        "sh",
+        "-c",
+        "sleep 0.2; echo done > /tmp/detached",
+    ]);
+    d.wait_for("the detached exec", || {
+        d.docker(&["exec", "box", "cat", "/tmp/detached"])
+            .status
+            .success()
+    });
+    // Privileged gets every capability; a plain exec the container's.
+    let eff = |args: &[&str]| {
+        let mut a = vec!["exec"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["box", "grep", "CapEff", "/proc/self/status"]);
+        d.ok(&a)
+    };
+    assert_ne!(eff(&["--privileged"]), eff(&[]));
+    // Faults: a missing executable, an unknown container, a stopped one.
+    let o = d.docker(&["exec", "box", "/no/such/thing"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/no/such/thing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        d.err(&["exec", "nosuch", "true"])
+            .contains("No such container")
+    );
+
+    // -it: a real pty in the container, for exec and for run.
+    let host = format!("unix://{}", d.sock().display());
+    let out = in_terminal(
+        &format!("docker -H {host} exec -it box sh -c 'tty; stty size; echo tty-ok'"),
+        "",
+    );
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("tty-ok"), "{out}");
+    let out = in_terminal(
+        &format!("docker -H {host} run --rm -i -t bb:1 sh; echo status=$?"),
+        "echo typed-$((6*7)); exit 5\n",
+    );
+    assert!(out.contains("typed-42"), "{out}");
+    assert!(out.contains("status=5"), "{out}");
+    let out = in_terminal(&format!("docker -H {host} run --rm -t bb:1 tty"), "");
+    assert!(out.contains("/dev/pts/0"), "{out}");
+
+    d.ok(&["stop", "-t", "1", "box"]);
+    assert!(d.err(&["exec", "box", "true"]).contains("not running"));
+}
+
+#[test]
+#[ignore = "needs root and the test tools: run `cargo xtask test`"]
+fn system_docker_client() {
+    let d = Daemon::start();
+    let bin = d.tmp.path().join("system-docker");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ros"), &bin).unwrap();
+    let sd = |args: &[&str]| {
+        Command::new(&bin)
+            .env(
+                "SYSTEM_DOCKER_HOST",
+                format!("unix://{}", d.sock().display()),
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let o = sd(args);
+        assert!(
+            o.status.success(),
+            "system-docker {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(ok(&["version"]).contains("API version"));
+    assert_eq!(ok(&["run", "--rm", "bb:1", "echo", "hello"]), "hello\n");
+    assert_eq!(
+        sd(&["run", "--rm", "bb:1", "sh", "-c", "exit 4"])
+            .status
+            .code(),
+        Some(4)
+    );
+    let id = ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ntp",
+        "-l",
+        "io.rancher.os.scope=system",
+        "bb:1",
+        "sh",
+        "-c",
+        "echo synced; sleep 1000",
+    ]);
+    assert_eq!(
+        d.inspect("ntp", "{{.Id}}"),
+        id.trim(),
+        "the docker CLI sees the same engine"
+    );
+    let ps = ok(&["ps"]);
+    assert!(ps.starts_with("CONTAINER ID"), "{ps}");
+    assert!(ps.contains("ntp") && ps.contains("bb:1"), "{ps}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "ps",
+        "--format",
+        "json",
+        "--filter",
+        "label=io.rancher.os.scope=system",
+    ]))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["Names"][0], "/ntp");
+    d.wait_for("the log line", || ok(&["logs", "ntp"]) == "synced\n");
+    assert_eq!(ok(&["exec", "ntp", "sh", "-c", "echo $((1+2))"]), "3\n");
+    let insp: serde_json::Value = serde_json::from_str(&ok(&["inspect", "ntp"])).unwrap();
+    assert_eq!(insp[0]["State"]["Running"], true);
+    assert!(ok(&["images"]).contains("bb"));
+    ok(&["restart", "-t", "1", "ntp"]);
+    assert_eq!(d.inspect("ntp", "{{.RestartCount}}"), "0");
+    ok(&["rename", "ntp", "ntpd"]);
+    ok(&["stop", "-t", "1", "ntpd"]);
+    assert_eq!(d.inspect("ntpd", "{{.State.Status}}"), "exited");
+    ok(&["rm", "ntpd"]);
+    // Errors name what is wrong; -H beats the environment.
+    let o = sd(&["logs", "nosuch"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nosuch"));
+    assert!(!o.status.success());
+    let o = Command::new(&bin)
+        .args(["-H", "unix:///nonexistent.sock", "ps"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.sock"));
+}
+
+#[test]
+#[ignore = "needs root and the test tools: run `cargo xtask test`"]
+fn a_full_disk_under_the_logs_loses_nothing_already_written() {
+    // The whole data root on a 24 MiB tmpfs: the image fits, a flood of output does not.
+    // (The daemon's drop unmounts everything below its temp dir, this tmpfs included.)
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut d = Daemon::start_in(tmp);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "bb:1",
+        "sh",
+        "-c",
+        "echo before-the-flood; sleep 1000",
+    ]);
+    d.wait_for("the first log line", || {
+        d.ok(&["logs", "first"]) == "before-the-flood\n"
+    });
+    d.ok(&["run", "-d", "--name", "flood", "bb:1", "sh", "-c",
+        "while true; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done"]);
+    d.wait_for("the disk to fill", || {
+        nix::sys::statvfs::statvfs(&data)
+            .unwrap()
+            .blocks_available()
+            == 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The daemon still serves, the flooding container still runs, old logs are intact.
+    assert_eq!(d.inspect("flood", "{{.State.Status}}"), "running");
+    assert_eq!(d.ok(&["logs", "first"]), "before-the-flood\n");
+    // New work fails with a clear error rather than a crash.
+    let e = d.err(&["run", "--name", "late", "bb:1", "true"]);
+    assert!(e.to_lowercase().contains("no space left"), "{e}");
+    d.ok(&["rm", "-f", "flood"]);
+    assert_eq!(
+        d.ok(&["run", "--rm", "bb:1", "echo", "room-again"]),
+        "room-again\n"
+    );
+    d.sigkill();
+    d.spawn();
+    assert_eq!(d.ok(&["logs", "first"]), "before-the-flood\n");
 }

@@ -52,6 +52,8 @@ pub fn busybox_layers(busybox: &Path, second: Compression) -> Result<Vec<Layer>>
     ];
     for applet in [
         "sh", "echo", "ls", "cat", "true", "false", "sleep", "id", "env", "stat", "httpd",
+        "readlink", "tr", "grep", "pwd", "tty", "stty", "mkdir", "rm", "wc", "head", "touch", "ps",
+        "kill", "hostname", "mount",
     ] {
         l1.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }

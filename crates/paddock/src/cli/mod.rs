@@ -1,12 +1,14 @@
 //! The command line: raw arguments are parsed by clap here, then resolved into library calls.
 //!
 //! `ros` is a multi-call binary: the name it was invoked as (argv[0]) picks the tool. Today
-//! only `ros` itself exists; `init`, `system-docker` and friends join as they are built.
+//! `ros`, `system-dockerd` (the system engine daemon) and `system-docker` (its client) exist;
+//! `init` and friends join as they are built.
 
 mod config;
 pub mod dockerd;
 mod image;
 mod output;
+mod sysdocker;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -58,6 +60,9 @@ pub enum Command {
     /// Internal: the per-container monitor the engine spawns.
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
+    /// Internal: the helper that runs a `docker exec` process in a container.
+    #[command(name = "__exec", hide = true)]
+    Exec { config: PathBuf },
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -78,15 +83,17 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             .to_string_lossy()
             .into_owned()
     });
-    if argv0.as_deref() == Some("system-dockerd") {
-        return daemon_main(args);
+    match argv0.as_deref() {
+        Some("system-dockerd") => return daemon_main(args),
+        Some("system-docker") => return sysdocker::main(args),
+        _ => {}
     }
     let cli = match parse::<Cli>(args) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
     // The shim's stderr becomes the container's in the runtime's forked init: keep it quiet.
-    let quiet = matches!(cli.command, Command::Shim { .. });
+    let quiet = matches!(cli.command, Command::Shim { .. } | Command::Exec { .. });
     init_logging(if quiet { None } else { Some(cli.verbose) });
     let ctx = Context {
         root: Root::new(cli.root.clone()),
@@ -97,6 +104,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Config(cmd) => config::run(cmd, &ctx),
         Command::Shim { dir } => Ok(ExitCode::from(
             crate::engine::shim::main(&dir).clamp(0, 255) as u8,
+        )),
+        Command::Exec { config } => Ok(ExitCode::from(
+            crate::engine::exec::helper_main(&config).clamp(0, 255) as u8,
         )),
     };
     match result {

@@ -137,18 +137,45 @@ pub fn cap_name(s: &str) -> Result<String, BundleError> {
     }
 }
 
+/// Every capability this process may hand on: [`ALL_CAPS`] (in kernel order, so the index is
+/// the capability number) within our own bounding set. A sandbox may lack some (seen here:
+/// CAP_SYS_RESOURCE), and asking the kernel for one we lack fails the container's start.
+pub fn all_caps() -> Vec<String> {
+    within(own_bounding_set())
+}
+
+fn within(bounding: u64) -> Vec<String> {
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding & (1u64 << i) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// The capability set after docker's rules: default set (all when privileged), plus cap_add,
 /// minus cap_drop; `ALL` in either list means every capability.
 pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, BundleError> {
     let mut caps: Vec<String> = if spec.privileged {
-        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        all_caps()
     } else {
         DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
     };
     for c in &spec.cap_add {
         let c = cap_name(c)?;
         if c == "CAP_ALL" {
-            caps = ALL_CAPS.iter().map(|c| c.to_string()).collect();
+            caps = all_caps();
         } else if !caps.contains(&c) {
             caps.push(c);
         }
@@ -509,7 +536,16 @@ mod tests {
             privileged: true,
             ..Default::default()
         };
-        assert_eq!(capabilities(&p).unwrap().len(), ALL_CAPS.len());
+        assert_eq!(capabilities(&p).unwrap(), all_caps());
+        assert!(
+            capabilities(&p)
+                .unwrap()
+                .contains(&"CAP_SYS_ADMIN".to_string())
+        );
+        // Only what our bounding set holds: bit 24 is CAP_SYS_RESOURCE.
+        let w = within(0x1fffeffffff);
+        assert_eq!(w.len(), ALL_CAPS.len() - 1);
+        assert!(!w.contains(&"CAP_SYS_RESOURCE".to_string()));
     }
 
     #[test]

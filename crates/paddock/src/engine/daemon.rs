@@ -42,6 +42,8 @@ pub enum EngineError {
     NoSuchContainer(String),
     #[error("no such image: {0}")]
     NoSuchImage(String),
+    #[error("no such exec instance: {0}")]
+    NoSuchExec(String),
     #[error("{0}")]
     Conflict(String),
     #[error("container {0} is already in that state")]
@@ -152,6 +154,7 @@ struct Inner {
     reaper: Reaper,
     /// Attached clients per container: auto-removal waits for them to read the last output.
     attached: Mutex<BTreeMap<String, usize>>,
+    execs: super::exec::ExecTable,
 }
 
 /// The system engine. Cheap to clone; all clones share state.
@@ -209,6 +212,7 @@ impl Engine {
                 changed: Condvar::new(),
                 reaper: Reaper::start(),
                 attached: Mutex::new(BTreeMap::new()),
+                execs: super::exec::ExecTable::default(),
             }),
         };
         engine.readopt();
@@ -221,6 +225,46 @@ impl Engine {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.cfg.data_dir
+    }
+
+    pub(crate) fn execs(&self) -> &super::exec::ExecTable {
+        &self.inner.execs
+    }
+
+    pub(crate) fn reaper(&self) -> &Reaper {
+        &self.inner.reaper
+    }
+
+    pub(crate) fn ros_exe(&self) -> &Path {
+        &self.inner.cfg.ros_exe
+    }
+
+    pub(crate) fn runtime_root(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("runtime")
+    }
+
+    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+        self.dir(id)
+    }
+
+    /// Resizes a running container's tty (through its shim, which holds the pty master).
+    pub fn resize(&self, what: &str, height: u16, width: u16) -> Result<(), EngineError> {
+        let c = self.get(what)?;
+        if !c.spec.tty {
+            return Err(EngineError::Conflict(format!(
+                "container {} has no tty to resize",
+                c.name
+            )));
+        }
+        if c.status != Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is not running",
+                c.name
+            )));
+        }
+        let mut conn = connect(&shim::socket(&self.dir(&c.id), "tty"))?;
+        std::io::Write::write_all(&mut conn, format!("{height} {width}\n").as_bytes())
+            .map_err(|e| internal(format!("resizing {}", c.name), e))
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -589,7 +633,7 @@ impl Engine {
             .ok_or_else(|| internal("shim", "no stdout"))?;
         let pid = shim::read_ready(stdout)
             .map_err(|e| EngineError::Internal(format!("starting container {}: {e}", c.name)))?;
-        let conn = connect(&dir.join("shim.sock"))?;
+        let conn = connect(&shim::socket(&dir, "shim"))?;
         Ok((pid, conn))
     }
 
@@ -738,7 +782,7 @@ impl Engine {
                     continue;
                 };
                 if matches!(c.status, Status::Running | Status::Restarting) {
-                    match connect_once(&e.path().join("shim.sock")) {
+                    match connect_once(&shim::socket(&e.path(), "shim")) {
                         Some(conn) => {
                             if let Ok(s) = fs::read(e.path().join("state.json"))
                                 && let Ok(rs) = serde_json::from_slice::<RunState>(&s)
@@ -884,6 +928,7 @@ impl Engine {
             }
         }
         self.lock().remove(&c.id);
+        self.inner.execs.forget_container(&c.id);
         self.inner.changed.notify_all();
         Ok(())
     }
@@ -1060,7 +1105,7 @@ impl Engine {
                 "container {what} is not running"
             )));
         }
-        connect(&self.dir(&c.id).join("shim.sock"))
+        connect(&shim::socket(&self.dir(&c.id), "shim"))
     }
 }
 

@@ -7,17 +7,19 @@ use std::sync::Arc;
 use super::api::backend::{
     AttachOptions, Backend, ContainerListOptions, ImageListOptions, ImageRemoveOptions, LogChunk,
     LogStream, LogsOptions, ProgressStream, PullOptions, RemoveOptions, Session, StopOptions,
-    TarWriter, WaitCondition, Waiter, container_matches, image_matches,
+    TarWriter, TtySize, WaitCondition, Waiter, container_matches, image_matches,
 };
 use super::api::error::ApiError;
 use super::api::stream::{HijackedIo, StreamKind};
 use super::api::types::{
     ContainerConfig as ApiConfig, ContainerCreateBody, ContainerCreateResponse, ContainerInspect,
-    ContainerState, ContainerSummary, HostConfig, ImageConfig as ApiImageConfig, ImageDeleteItem,
+    ContainerState, ContainerSummary, ExecCreateBody, ExecInspect, ExecProcessConfig,
+    ExecStartBody, HostConfig, IdResponse, ImageConfig as ApiImageConfig, ImageDeleteItem,
     ImageInspect, ImageSummary, Info, MountPoint as ApiMount, ProgressMessage,
     RestartPolicy as ApiRestart, RootFs, SummaryHostConfig, Version, WaitResponse,
 };
 use super::daemon::{Container, Engine, EngineError, Status};
+use super::exec::ExecRequest;
 use super::spec::{ContainerSpec, Device, MountSpec, NsMode, RestartPolicy, Ulimit, parse_bind};
 use super::time::parse_rfc3339;
 use crate::image::progress::Progress;
@@ -29,6 +31,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::NoSuchContainer(id) => ApiError::no_such_container(&id),
             EngineError::NoSuchImage(i) => ApiError::no_such_image(&i),
+            EngineError::NoSuchExec(i) => ApiError::no_such_exec(&i),
             EngineError::Conflict(m) => ApiError::conflict(m),
             EngineError::NotModified(_) => ApiError::not_modified(),
             EngineError::Invalid(m) => ApiError::bad_parameter(m),
@@ -495,6 +498,23 @@ impl Session for AttachSession {
     }
 }
 
+/// An attached exec: the process starts when the connection is hijacked.
+struct ExecSession {
+    engine: Engine,
+    id: String,
+    tty: bool,
+}
+
+impl Session for ExecSession {
+    fn tty(&self) -> bool {
+        self.tty
+    }
+
+    fn run(self: Box<Self>, io: HijackedIo) {
+        self.engine.exec_run(&self.id, io);
+    }
+}
+
 impl Backend for Engine {
     fn info(&self) -> Result<Info, ApiError> {
         let list = self.list();
@@ -676,6 +696,75 @@ impl Backend for Engine {
             stdout: opts.stdout,
             stderr: opts.stderr,
         }))
+    }
+
+    fn container_resize(&self, id: &str, size: TtySize) -> Result<(), ApiError> {
+        Ok(self.resize(id, size.height, size.width)?)
+    }
+
+    fn exec_create(&self, container: &str, body: ExecCreateBody) -> Result<IdResponse, ApiError> {
+        let req = ExecRequest {
+            cmd: body.cmd,
+            env: body.env,
+            user: body.user,
+            working_dir: body.working_dir,
+            tty: body.tty,
+            privileged: body.privileged,
+            attach_stdin: body.attach_stdin,
+        };
+        let id = Engine::exec_create(self, container, req)?;
+        if let Some([h, w]) = body.console_size {
+            let _ = Engine::exec_resize(self, &id, h as u16, w as u16);
+        }
+        Ok(IdResponse { id })
+    }
+
+    fn exec_start(
+        &self,
+        exec_id: &str,
+        opts: &ExecStartBody,
+    ) -> Result<Option<Box<dyn Session>>, ApiError> {
+        if opts.detach {
+            self.exec_start_detached(exec_id)?;
+            return Ok(None);
+        }
+        let tty = self.exec_check(exec_id)?;
+        Ok(Some(Box::new(ExecSession {
+            engine: self.clone(),
+            id: exec_id.to_owned(),
+            tty,
+        })))
+    }
+
+    fn exec_inspect(&self, exec_id: &str) -> Result<ExecInspect, ApiError> {
+        let s = self.exec_state(exec_id)?;
+        let mut args = s.req.cmd.clone();
+        let entrypoint = if args.is_empty() {
+            String::new()
+        } else {
+            args.remove(0)
+        };
+        Ok(ExecInspect {
+            id: s.id,
+            running: s.running,
+            exit_code: s.exit_code.map(i64::from),
+            process_config: ExecProcessConfig {
+                arguments: args,
+                entrypoint,
+                privileged: s.req.privileged,
+                tty: s.req.tty,
+                user: s.req.user.clone(),
+            },
+            open_stdin: s.req.attach_stdin,
+            open_stdout: true,
+            open_stderr: true,
+            container_id: s.container_id,
+            pid: i64::from(s.pid),
+        })
+    }
+
+    fn exec_resize(&self, exec_id: &str, size: TtySize) -> Result<(), ApiError> {
+        Ok(Engine::exec_resize(self, exec_id, size.height, size.width)?)
     }
 
     fn image_list(&self, opts: &ImageListOptions) -> Result<Vec<ImageSummary>, ApiError> {

@@ -3,10 +3,13 @@
 
 pub mod api;
 pub mod bundle;
+pub mod client;
 pub mod daemon;
 pub mod docker;
+pub mod exec;
 pub mod reaper;
 pub mod runtime;
 pub mod shim;
 pub mod spec;
 pub mod time;
+pub mod tty;

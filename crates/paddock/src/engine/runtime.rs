@@ -15,18 +15,24 @@ pub struct RuntimeError {
 
 /// What the engine needs from an OCI runtime.
 pub trait Runtime {
-    /// Creates and starts the container described by `bundle/config.json` with the given stdio;
-    /// returns the pid of its init. The calling process must be able to reap that pid.
-    fn start(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdin: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    ) -> Result<i32, RuntimeError>;
+    /// Creates and starts the container described by `bundle/config.json`; returns the pid of
+    /// its init. The calling process must be able to reap that pid.
+    fn start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<i32, RuntimeError>;
+    /// Runs another process in the running container `id`, described by an OCI `process`
+    /// JSON file; returns its pid, which the calling process must reap.
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<i32, RuntimeError>;
     /// Forgets a stopped container (cgroups, runtime state).
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+}
+
+/// Where a container process's stdio goes.
+pub enum Stdio {
+    /// These descriptors (stdin, stdout, stderr).
+    Fds(OwnedFd, OwnedFd, OwnedFd),
+    /// A pty the runtime allocates in the container; its master is sent to this socket.
+    Console(PathBuf),
+    /// Whatever the calling process has.
+    Inherit,
 }
 
 /// youki's libcontainer, with its state under `root`.
@@ -43,25 +49,16 @@ impl Libcontainer {
 }
 
 impl Runtime for Libcontainer {
-    fn start(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdin: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    ) -> Result<i32, RuntimeError> {
+    fn start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<i32, RuntimeError> {
         let err = |why: String| RuntimeError { id: id.into(), why };
         std::fs::create_dir_all(&self.root)
             .map_err(|e| err(format!("creating {}: {e}", self.root.display())))?;
         // A leftover from an earlier run of the same container (daemon restart, crash).
         let _ = self.delete(id);
-        let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
             .with_root_path(&self.root)
-            .map_err(|e| err(e.to_string()))?
-            .with_stdin(stdin)
-            .with_stdout(stdout)
-            .with_stderr(stderr)
+            .map_err(|e| err(e.to_string()))?;
+        let mut container = with_stdio(builder, stdio)
             .as_init(bundle)
             .with_systemd(false)
             .with_detach(true)
@@ -72,6 +69,21 @@ impl Runtime for Libcontainer {
             .pid()
             .map(|p| p.as_raw())
             .ok_or_else(|| err("started without a pid".into()))
+    }
+
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<i32, RuntimeError> {
+        let err = |why: String| RuntimeError { id: id.into(), why };
+        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+            .with_root_path(&self.root)
+            .map_err(|e| err(e.to_string()))?;
+        with_stdio(builder, stdio)
+            .as_tenant()
+            // Detached: we reap the process ourselves (and a console needs it).
+            .with_detach(true)
+            .with_process(Some(process))
+            .build()
+            .map(|p| p.as_raw())
+            .map_err(|e| err(format!("exec: {e}")))
     }
 
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -85,5 +97,13 @@ impl Runtime for Libcontainer {
         c.delete(true).map_err(|e| err(format!("delete: {e}")))?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
+    }
+}
+
+fn with_stdio(b: ContainerBuilder, stdio: Stdio) -> ContainerBuilder {
+    match stdio {
+        Stdio::Fds(i, o, e) => b.with_stdin(i).with_stdout(o).with_stderr(e),
+        Stdio::Console(p) => b.with_console_socket(Some(p)),
+        Stdio::Inherit => b,
     }
 }

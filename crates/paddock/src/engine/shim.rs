@@ -7,12 +7,13 @@
 //! - copies the container's stdout/stderr into `container.log` (docker's json-file format,
 //!   rotated by size) and to any attached clients;
 //! - reaps everything below it, and when the container's init exits writes `exit.json`;
-//! - serves `shim.sock`: a connection stays open for as long as the container runs (the daemon
+//! - serves its socket ([`socket`], `shim`): a connection stays open for as long as the container runs (the daemon
 //!   learns of the exit by EOF, before and after a restart of its own), and bytes written to
 //!   it go to the container's stdin when it was created with `OpenStdin`.
 //!
 //! Files in the container directory that the shim owns: `state.json` (pid, start time),
-//! `exit.json`, `container.log*`, `shim.sock`, `shim.log`.
+//! `exit.json`, `container.log*`, `shim.sock`, `shim.log`, and for a container with a tty
+//! `tty.sock` (resize requests; the shim holds the pty master).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
@@ -26,8 +27,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::runtime::Runtime as _;
+use super::runtime::{Libcontainer, Runtime as _, Stdio};
 use super::time::now_rfc3339;
+use super::tty;
 use crate::fsutil::write_atomic;
 
 /// What the daemon tells a shim (`shim.json` in the container directory).
@@ -66,6 +68,20 @@ pub struct ExitState {
 /// The readiness line a shim prints on stdout: `started <pid>` or `error <message>`.
 pub const READY_PREFIX: &str = "started ";
 pub const ERROR_PREFIX: &str = "error ";
+
+/// Where the container in `dir` (`<data root>/containers/<id>`) has its socket `name`
+/// (`shim`, `tty`, `console`): `<data root>/sock/<id prefix>.<name>.sock`. Not in the
+/// container directory: that path is too long for a unix socket address (108 bytes) on a real
+/// system (`/var/lib/system-docker/containers/<64 hex>/shim.sock` is 109).
+pub fn socket(dir: &Path, name: &str) -> PathBuf {
+    let id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = dir.parent().and_then(Path::parent).unwrap_or(dir);
+    root.join("sock")
+        .join(format!("{}.{name}.sock", &id[..16.min(id.len())]))
+}
 
 /// Runs the shim for the container directory `dir`. Returns the process exit status.
 pub fn main(dir: &Path) -> i32 {
@@ -106,27 +122,53 @@ type Clients = Arc<Mutex<Vec<UnixStream>>>;
 
 fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
     let _ = fs::remove_file(dir.join("exit.json"));
-    let sock_path = dir.join("shim.sock");
+    let sock_path = socket(dir, "shim");
+    if let Some(p) = sock_path.parent() {
+        fs::create_dir_all(p)?;
+    }
     let _ = fs::remove_file(&sock_path);
     let listener = UnixListener::bind(&sock_path)?;
 
-    // stdio: pipes we read (stdout/stderr) and write (stdin).
-    let (out_r, out_w) = nix::unistd::pipe()?;
-    let (err_r, err_w) = nix::unistd::pipe()?;
-    let (in_r, in_w): (OwnedFd, Option<OwnedFd>) = if cfg.open_stdin {
-        let (r, w) = nix::unistd::pipe()?;
-        (r, Some(w))
+    // stdio: a pty (the runtime makes it in the container and sends us the master), or pipes
+    // we read (stdout/stderr) and write (stdin).
+    let mut outputs: Vec<(File, &'static str)> = Vec::new();
+    let mut stdin: Option<File> = None;
+    let pid = if cfg.tty {
+        let csock = socket(dir, "console");
+        let _ = fs::remove_file(&csock);
+        let console = UnixListener::bind(&csock)?;
+        let pid = Libcontainer::new(&cfg.runtime_root).start(
+            &cfg.id,
+            &cfg.bundle,
+            Stdio::Console(csock.clone()),
+        )?;
+        let master = File::from(tty::receive_master(&console, Duration::from_secs(10))?);
+        let _ = fs::remove_file(&csock);
+        if cfg.open_stdin {
+            stdin = Some(master.try_clone()?);
+        }
+        serve_resize(dir, master.try_clone()?)?;
+        outputs.push((master, "stdout"));
+        pid
     } else {
-        (File::open("/dev/null")?.into(), None)
+        let (out_r, out_w) = nix::unistd::pipe()?;
+        let (err_r, err_w) = nix::unistd::pipe()?;
+        let in_r: OwnedFd = if cfg.open_stdin {
+            let (r, w) = nix::unistd::pipe()?;
+            stdin = Some(File::from(w));
+            r
+        } else {
+            File::open("/dev/null")?.into()
+        };
+        let pid = Libcontainer::new(&cfg.runtime_root).start(
+            &cfg.id,
+            &cfg.bundle,
+            Stdio::Fds(in_r, out_w, err_w),
+        )?;
+        outputs.push((File::from(out_r), "stdout"));
+        outputs.push((File::from(err_r), "stderr"));
+        pid
     };
-
-    let pid = super::runtime::Libcontainer::new(&cfg.runtime_root).start(
-        &cfg.id,
-        &cfg.bundle,
-        in_r,
-        out_w,
-        err_w,
-    )?;
 
     let state = RunState {
         pid,
@@ -144,13 +186,13 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
         cfg.log_max_files,
     )?));
     let mut copiers = vec![];
-    for (fd, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
+    for (src, stream) in outputs {
         let (log, clients) = (log.clone(), clients.clone());
         copiers.push(std::thread::spawn(move || {
-            copy_output(File::from(fd), stream, &log, &clients)
+            copy_output(src, stream, &log, &clients)
         }));
     }
-    let stdin = in_w.map(|w| Arc::new(Mutex::new(File::from(w))));
+    let stdin = stdin.map(|w| Arc::new(Mutex::new(w)));
     {
         let clients = clients.clone();
         std::thread::spawn(move || serve(listener, clients, stdin));
@@ -182,7 +224,8 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let _ = super::runtime::Libcontainer::new(&cfg.runtime_root).delete(&cfg.id);
+    let _ = Libcontainer::new(&cfg.runtime_root).delete(&cfg.id);
+    let _ = fs::remove_file(socket(dir, "tty"));
     let exit = ExitState {
         exit_code: code,
         finished_at: now_rfc3339(),
@@ -192,6 +235,23 @@ fn run(dir: &Path, cfg: &ShimConfig) -> anyhow::Result<i32> {
     let _ = fs::remove_file(&sock_path);
     // Closing the listener and the clients tells the daemon.
     Ok(0)
+}
+
+/// Serves `tty.sock`: each line `"<height> <width>"` resizes the container's terminal.
+fn serve_resize(dir: &Path, master: File) -> io::Result<()> {
+    let path = socket(dir, "tty");
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            for line in io::BufReader::new(conn).lines().map_while(Result::ok) {
+                if let Some((h, w)) = tty::parse_size(&line) {
+                    let _ = tty::resize(&master, h, w);
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Accepts connections on shim.sock: each one receives live output and may write stdin.
