@@ -15,7 +15,11 @@ pub fn main(args: &[String]) -> Result<()> {
             let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
             pull(runs)
         }
-        _ => bail!("usage: cargo xtask bench pull [RUNS]"),
+        Some("start") => {
+            let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+            start(runs)
+        }
+        _ => bail!("usage: cargo xtask bench pull|start [RUNS]"),
     }
 }
 
@@ -156,4 +160,396 @@ fn pull(runs: usize) -> Result<()> {
         m_ours.as_secs_f64() / m_peer.as_secs_f64()
     );
     Ok(())
+}
+
+/// Median in milliseconds.
+fn ms(v: &[Duration]) -> f64 {
+    median(v.to_vec()).as_secs_f64() * 1e3
+}
+
+/// Installs a Debian package for a benchmark peer when its binary is missing.
+fn peer_package(pkg: &str, binary: &str) -> bool {
+    if Path::new(binary).exists() {
+        return true;
+    }
+    eprintln!("xtask: installing the peer {pkg}");
+    let _ = crate::deb::apt_update_once();
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends", pkg])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok && Path::new(binary).exists()
+}
+
+/// A minimal OCI bundle: busybox's `true` with the host network, as crun and runc run it.
+fn oci_bundle(dir: &Path, busybox: &Path) -> Result<()> {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    for d in ["proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    for a in ["true", "sh"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/true"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+                "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"],
+                "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]
+            },
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+        }
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    Ok(())
+}
+
+fn time_runs(runs: usize, mut one: impl FnMut(usize) -> Result<()>) -> Result<Vec<Duration>> {
+    let mut v = Vec::with_capacity(runs);
+    // One warm-up run: page cache, first cgroup creation.
+    one(usize::MAX)?;
+    for i in 0..runs {
+        let t = Instant::now();
+        one(i)?;
+        v.push(t.elapsed());
+    }
+    Ok(v)
+}
+
+fn ok_output(cmd: &mut Command, what: &str) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("running {what}"))?;
+    if !o.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// `cargo xtask bench start [RUNS]`: start-to-exit latency of `/bin/true` in a busybox
+/// container with the host network, ours beside crun, runc and Debian's dockerd; then the
+/// system engine's RSS with 10 containers running.
+pub fn start(runs: usize) -> Result<()> {
+    if !is_root() {
+        bail!("bench start needs root (containers)");
+    }
+    // crun refuses this host's hybrid cgroup layout; it runs with the cgroup2 mount hidden.
+    // So the whole benchmark re-runs itself in a private mount namespace without it, and every
+    // runtime is measured in the same environment.
+    if std::env::var_os("PADDOCK_BENCH_NS").is_none() {
+        setup()?;
+        let ros = build_ros()?;
+        let fx = fixtures()?;
+        let me = std::env::current_exe()?;
+        let st = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" bench start \"$1\"")
+            .arg(&me)
+            .arg(runs.to_string())
+            .env("PADDOCK_BENCH_NS", "1")
+            .env("PADDOCK_BENCH_ROS", &ros)
+            .env("PADDOCK_BUSYBOX", &fx.busybox)
+            .status()?;
+        if !st.success() {
+            bail!("bench start failed");
+        }
+        return Ok(());
+    }
+    let ros = PathBuf::from(std::env::var("PADDOCK_BENCH_ROS")?);
+    let busybox = PathBuf::from(std::env::var("PADDOCK_BUSYBOX")?);
+    let work = cache_dir().join("bench/start");
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg("-l")
+        .arg(&work)
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let bundle = work.join("bundle");
+    oci_bundle(&bundle, &busybox)?;
+
+    let mut rows: Vec<(String, Option<f64>, String)> = vec![];
+
+    // crun and runc on the same bundle.
+    for (name, pkg, bin) in [
+        ("crun run", "crun", "/usr/bin/crun"),
+        ("runc run", "runc", "/usr/sbin/runc"),
+    ] {
+        if !peer_package(pkg, bin) {
+            rows.push((name.into(), None, format!("{pkg} could not be installed")));
+            continue;
+        }
+        let state = work.join(format!("{pkg}-state"));
+        let r = time_runs(runs, |i| {
+            ok_output(
+                Command::new(bin)
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["run", "--bundle"])
+                    .arg(&bundle)
+                    .arg(format!("bench-{pkg}-{i}")),
+                name,
+            )
+            .map(|_| ())
+        });
+        match r {
+            Ok(v) => rows.push((name.into(), Some(ms(&v)), String::new())),
+            Err(e) => rows.push((name.into(), None, format!("{e:#}"))),
+        }
+    }
+
+    // Ours: the daemon with the busybox image loaded, driven by our small client.
+    let data = work.join("data");
+    let layout = work.join("layout");
+    let mut l = Layout::create(&layout)?;
+    let layers = testkit::busybox_layers(&busybox, Compression::Zstd)?;
+    let desc = l.image(&layers, "amd64", &["sh"])?;
+    l.tag(desc, "docker.io/library/bb:1")?;
+    ok_output(
+        Command::new(&ros)
+            .arg("--data-root")
+            .arg(&data)
+            .args(["image", "load", "-i"])
+            .arg(&layout),
+        "ros image load",
+    )?;
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for n in ["system-dockerd", "system-docker"] {
+        std::os::unix::fs::symlink(&ros, bin.join(n))?;
+    }
+    let sock = work.join("engine.sock");
+    let host = format!("unix://{}", sock.display());
+    let mut daemon = Command::new(bin.join("system-dockerd"))
+        .arg("--data-root")
+        .arg(&data)
+        .args(["-H", &host])
+        .stderr(std::fs::File::create(work.join("daemon.log"))?)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "system-dockerd did not start; see {}",
+                work.join("daemon.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sd = bin.join("system-docker");
+    let result = (|| -> Result<()> {
+        let v = time_runs(runs, |_| {
+            ok_output(
+                Command::new(&sd)
+                    .args(["-H", &host, "run", "--rm", "--net", "host", "bb:1", "true"]),
+                "system-docker run",
+            )
+            .map(|_| ())
+        })?;
+        rows.push((
+            "ros: system-docker run --rm".into(),
+            Some(ms(&v)),
+            String::new(),
+        ));
+        if Path::new("/usr/bin/docker").exists() || which("docker") {
+            let v = time_runs(runs.min(30), |_| {
+                ok_output(
+                    Command::new("docker").args([
+                        "-H",
+                        &host,
+                        "run",
+                        "--rm",
+                        "--network",
+                        "host",
+                        "bb:1",
+                        "true",
+                    ]),
+                    "docker run against the system engine",
+                )
+                .map(|_| ())
+            })?;
+            rows.push((
+                "ros: docker CLI run --rm".into(),
+                Some(ms(&v)),
+                "the 44 MB docker CLI as the client".into(),
+            ));
+        }
+        // Daemon memory with 10 containers running.
+        for i in 0..10 {
+            ok_output(
+                Command::new(&sd).args([
+                    "-H",
+                    &host,
+                    "run",
+                    "-d",
+                    "--name",
+                    &format!("idle{i}"),
+                    "--net",
+                    "host",
+                    "bb:1",
+                    "sleep",
+                    "3600",
+                ]),
+                "system-docker run -d",
+            )?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let rss = rss_kb(daemon.id()).unwrap_or(0);
+        println!(
+            "system engine daemon RSS with 10 containers running: {:.1} MB (target <= 8 MB)",
+            rss as f64 / 1024.0
+        );
+        for i in 0..10 {
+            let _ = Command::new(&sd)
+                .args(["-H", &host, "rm", "-f", &format!("idle{i}")])
+                .output();
+        }
+        Ok(())
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result?;
+
+    // Debian's dockerd, where it can run here.
+    match docker_peer(&work, &ros, &data, runs.min(30)) {
+        Ok(v) => rows.push(("dockerd: docker run --rm".into(), Some(v), String::new())),
+        Err(e) => rows.push(("dockerd: docker run --rm".into(), None, format!("{e:#}"))),
+    }
+
+    let crun = rows.iter().find(|r| r.0 == "crun run").and_then(|r| r.1);
+    println!("bench start ({runs} runs, median start-to-exit of /bin/true, host network)");
+    for (name, v, note) in &rows {
+        match (v, crun) {
+            (Some(v), Some(c)) => {
+                println!("  {name:<30} {v:>8.1} ms   {:>5.2}x crun  {note}", v / c)
+            }
+            (Some(v), None) => println!("  {name:<30} {v:>8.1} ms   {note}"),
+            (None, _) => println!("  {name:<30}      n/a   {note}"),
+        }
+    }
+    println!("  target: ros <= 1.2x crun");
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg("-l")
+        .arg(&work)
+        .status();
+    Ok(())
+}
+
+fn which(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Times `docker run --rm` against a private Debian dockerd (installed if missing).
+fn docker_peer(work: &Path, ros: &Path, data: &Path, runs: usize) -> Result<f64> {
+    if !peer_package("docker.io", "/usr/sbin/dockerd") {
+        bail!("docker.io could not be installed");
+    }
+    let dir = work.join("dockerd");
+    std::fs::create_dir_all(&dir)?;
+    let sock = dir.join("docker.sock");
+    let host = format!("unix://{}", sock.display());
+    let mut d = Command::new("/usr/sbin/dockerd")
+        .arg("--data-root")
+        .arg(dir.join("root"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("--pidfile")
+        .arg(dir.join("pid"))
+        .args([
+            "-H",
+            &host,
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("dockerd.log"))?)
+        .spawn()?;
+    let result = (|| -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !Command::new("docker")
+            .args(["-H", &host, "version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            if Instant::now() > deadline || d.try_wait()?.is_some() {
+                bail!(
+                    "dockerd did not start; see {}",
+                    dir.join("dockerd.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let tar = dir.join("bb.tar");
+        ok_output(
+            Command::new(ros)
+                .arg("--data-root")
+                .arg(data)
+                .args(["image", "save", "-o"])
+                .arg(&tar)
+                .arg("bb:1"),
+            "ros image save",
+        )?;
+        ok_output(
+            Command::new("docker")
+                .args(["-H", &host, "load", "-i"])
+                .arg(&tar),
+            "docker load",
+        )?;
+        let v = time_runs(runs, |_| {
+            ok_output(
+                Command::new("docker").args([
+                    "-H",
+                    &host,
+                    "run",
+                    "--rm",
+                    "--network",
+                    "host",
+                    "bb:1",
+                    "true",
+                ]),
+                "docker run against dockerd",
+            )
+            .map(|_| ())
+        })?;
+        Ok(ms(&v))
+    })();
+    let _ = d.kill();
+    let _ = d.wait();
+    result
 }
