@@ -9,3 +9,4 @@ pub mod engine;
 pub mod fsutil;
 pub mod image;
 pub mod root;
+pub mod service;
