@@ -158,6 +158,25 @@ fn describe(p: &Problem) -> String {
     }
 }
 
+/// Sets `key` in cloud-config.yml (atomically, refusing a change that adds a problem).
+pub(super) fn set_value(ctx: &Context, key: &KeyPath, value: Value) -> anyhow::Result<()> {
+    let (old_text, mut tree) = read_user_file(ctx)?;
+    let concrete = path::resolve(&tree, key);
+    path::set(&mut tree, &concrete, value)?;
+    commit(ctx, &old_text, &tree)
+}
+
+/// Removes `key` from cloud-config.yml; false if it was not there.
+pub(super) fn remove_value(ctx: &Context, key: &KeyPath) -> anyhow::Result<bool> {
+    let (old_text, mut tree) = read_user_file(ctx)?;
+    let concrete = path::resolve(&tree, key);
+    if path::remove(&mut tree, &concrete).is_none() {
+        return Ok(false);
+    }
+    commit(ctx, &old_text, &tree)?;
+    Ok(true)
+}
+
 fn set(ctx: &Context, key: &str, value: &str) -> anyhow::Result<ExitCode> {
     let key = KeyPath::parse(key)?;
     let (old_text, mut tree) = read_user_file(ctx)?;

@@ -8,6 +8,7 @@ mod config;
 pub mod dockerd;
 mod image;
 mod output;
+mod service;
 mod sysdocker;
 
 use std::ffi::OsString;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Read, change and validate the cloud-config.
     #[command(subcommand, alias = "c")]
     Config(config::ConfigCmd),
+    /// Manage system services (compose definitions from the cloud-config).
+    #[command(alias = "s")]
+    Service(service::ServiceArgs),
     /// Internal: the per-container monitor the engine spawns.
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
@@ -102,6 +106,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd, &ctx),
         Command::Config(cmd) => config::run(cmd, &ctx),
+        Command::Service(args) => service::run(args, &ctx),
         Command::Shim { dir } => Ok(ExitCode::from(
             crate::engine::shim::main(&dir).clamp(0, 255) as u8,
         )),

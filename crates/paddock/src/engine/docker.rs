@@ -100,6 +100,20 @@ pub fn spec_from_create(body: &ContainerCreateBody) -> Result<ContainerSpec, Api
             options,
         });
     }
+    // `-v /path` (no host side): an anonymous volume, unless something else is mounted there.
+    for dest in c.volumes.iter().flat_map(|v| v.keys()) {
+        if mounts.iter().any(|m| &m.destination == dest) {
+            continue;
+        }
+        mounts.push(MountSpec {
+            kind: "volume".into(),
+            source: String::new(),
+            destination: dest.clone(),
+            read_only: false,
+            propagation: String::new(),
+            options: String::new(),
+        });
+    }
     for (dest, opts) in &h.tmpfs {
         mounts.push(MountSpec {
             kind: "tmpfs".into(),

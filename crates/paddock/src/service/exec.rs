@@ -363,7 +363,12 @@ fn run_one(
     let labels = RosLabels::from_labels(&d.def.labels);
     let engine = engines
         .get(labels.scope)
-        .ok_or_else(|| format!("no {} engine to run it in", labels.scope))?;
+        .ok_or_else(|| match labels.scope {
+            Scope::User => "waiting for docker: the user Docker is not running, so this \
+                            user-scope service cannot start yet"
+                .to_string(),
+            Scope::System => "no system engine to run it in".to_string(),
+        })?;
     let e = |err: EngineError| err.0;
     let create = |log: &Log| -> Result<String, String> {
         if d.image_id.is_none() && engine.image_id(&d.def.image).map_err(e)?.is_none() {
@@ -738,7 +743,7 @@ mod tests {
         let def = ServiceDef::from_map("u", "u", &m).unwrap().0;
         let (_, r) = up(&fake, &[def]);
         assert!(
-            matches!(&r.outcomes["u"], Outcome::Failed { error } if error.contains("no user engine"))
+            matches!(&r.outcomes["u"], Outcome::Failed { error } if error.contains("waiting for docker"))
         );
     }
 }

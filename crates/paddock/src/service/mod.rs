@@ -17,6 +17,7 @@
 //!
 //! [`load_services`] and [`parse_compose_text`] run the first two steps over a whole set.
 
+pub mod api_engine;
 pub mod convert;
 pub mod def;
 pub mod exec;
@@ -25,6 +26,7 @@ pub mod hash;
 pub mod interp;
 pub mod labels;
 pub mod plan;
+pub mod sources;
 
 use std::collections::BTreeMap;
 use std::fmt;
