@@ -351,6 +351,47 @@ fn exec_and_terminals() {
     let out = in_terminal(&format!("docker -H {host} run --rm -t bb:1 tty"), "");
     assert!(out.contains("/dev/pts/0"), "{out}");
 
+    // Container processes start with a clean signal state: nothing blocked, SIGPIPE default
+    // (the daemon blocks SIGTERM and Rust ignores SIGPIPE; neither may leak into containers).
+    let status = d.ok(&["exec", "box", "cat", "/proc/1/status"]);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    assert_eq!(field("SigBlk:"), 0, "{status}");
+    assert_eq!(
+        field("SigIgn:") & (1 << 12),
+        0,
+        "SIGPIPE is ignored: {status}"
+    );
+    assert_eq!(
+        d.ok(&["exec", "box", "sh", "-c", "yes | head -n 2"]),
+        "y\ny\n"
+    );
+    // So a container that handles SIGTERM stops at once, without waiting for the SIGKILL.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "polite",
+        "bb:1",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 1000 & wait",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    d.ok(&["stop", "-t", "10", "polite"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.inspect("polite", "{{.State.ExitCode}}"), "0");
+
     d.ok(&["stop", "-t", "1", "box"]);
     assert!(d.err(&["exec", "box", "true"]).contains("not running"));
 }

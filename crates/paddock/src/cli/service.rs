@@ -378,16 +378,23 @@ fn with_dependencies(w: &World, names: &[String]) -> anyhow::Result<BTreeSet<Str
 
 fn desired(w: &World, only: Option<&BTreeSet<String>>) -> anyhow::Result<Vec<DesiredService>> {
     let mut out = vec![];
+    // One lookup per (engine, image): a hundred services usually share a handful of images.
+    let mut ids: BTreeMap<(Scope, String), Option<String>> = BTreeMap::new();
     for (name, def) in &w.loaded.services {
         if only.is_some_and(|o| !o.contains(name)) {
             continue;
         }
         let scope = labels::RosLabels::from_labels(&def.labels).scope;
-        let image_id = match w.engine(scope) {
-            Some(e) => e
-                .image_id(&def.image)
-                .map_err(|x| anyhow::anyhow!("service {name}: {x}"))?,
-            None => None,
+        let image_id = match (ids.get(&(scope, def.image.clone())), w.engine(scope)) {
+            (Some(id), _) => id.clone(),
+            (None, Some(e)) => {
+                let id = e
+                    .image_id(&def.image)
+                    .map_err(|x| anyhow::anyhow!("service {name}: {x}"))?;
+                ids.insert((scope, def.image.clone()), id.clone());
+                id
+            }
+            (None, None) => None,
         };
         out.push(DesiredService::new(def.clone(), image_id));
     }

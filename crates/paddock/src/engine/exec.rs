@@ -108,6 +108,7 @@ pub struct HelperConfig {
 
 /// `ros __exec CONFIG`: runs the process and exits with its exit code.
 pub fn helper_main(cfg_path: &Path) -> i32 {
+    shim::clean_signals();
     let cfg: HelperConfig = match fs::read(cfg_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

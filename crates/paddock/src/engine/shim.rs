@@ -83,8 +83,18 @@ pub fn socket(dir: &Path, name: &str) -> PathBuf {
         .join(format!("{}.{name}.sock", &id[..16.min(id.len())]))
 }
 
+/// Gives the processes we start a clean signal state: nothing blocked (the daemon blocks
+/// SIGTERM/SIGINT/SIGQUIT to take them synchronously, and a mask survives fork and exec) and
+/// SIGPIPE at its default (the Rust runtime ignores it, which also survives exec). Called
+/// first thing by the shim and the exec helper, before any thread exists.
+pub fn clean_signals() {
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
+    let _ = paddock_sys::default_sigpipe();
+}
+
 /// Runs the shim for the container directory `dir`. Returns the process exit status.
 pub fn main(dir: &Path) -> i32 {
+    clean_signals();
     let cfg: ShimConfig = match fs::read(dir.join("shim.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
