@@ -19,7 +19,11 @@ pub fn main(args: &[String]) -> Result<()> {
             let runs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             start(runs)
         }
-        _ => bail!("usage: cargo xtask bench pull|start [RUNS]"),
+        Some("reconcile") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
+            reconcile(n)
+        }
+        _ => bail!("usage: cargo xtask bench pull|start|reconcile [RUNS|SERVICES]"),
     }
 }
 
@@ -329,42 +333,7 @@ pub fn start(runs: usize) -> Result<()> {
 
     // Ours: the daemon with the busybox image loaded, driven by our small client.
     let data = work.join("data");
-    let layout = work.join("layout");
-    let mut l = Layout::create(&layout)?;
-    let layers = testkit::busybox_layers(&busybox, Compression::Zstd)?;
-    let desc = l.image(&layers, "amd64", &["sh"])?;
-    l.tag(desc, "docker.io/library/bb:1")?;
-    ok_output(
-        Command::new(&ros)
-            .arg("--data-root")
-            .arg(&data)
-            .args(["image", "load", "-i"])
-            .arg(&layout),
-        "ros image load",
-    )?;
-    let bin = work.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    for n in ["system-dockerd", "system-docker"] {
-        std::os::unix::fs::symlink(&ros, bin.join(n))?;
-    }
-    let sock = work.join("engine.sock");
-    let host = format!("unix://{}", sock.display());
-    let mut daemon = Command::new(bin.join("system-dockerd"))
-        .arg("--data-root")
-        .arg(&data)
-        .args(["-H", &host])
-        .stderr(std::fs::File::create(work.join("daemon.log"))?)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "system-dockerd did not start; see {}",
-                work.join("daemon.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut daemon, host, bin) = start_engine(&work, &ros, &busybox)?;
     let sd = bin.join("system-docker");
     let result = (|| -> Result<()> {
         let v = time_runs(runs, |_| {
@@ -463,6 +432,164 @@ pub fn start(runs: usize) -> Result<()> {
         .arg(&work)
         .status();
     Ok(())
+}
+
+/// Starts `system-dockerd` on `work/data` with the busybox image loaded as `bb:1`; returns
+/// the daemon, its host URL and the directory with the multi-call links.
+fn start_engine(
+    work: &Path,
+    ros: &Path,
+    busybox: &Path,
+) -> Result<(std::process::Child, String, PathBuf)> {
+    let data = work.join("data");
+    let layout = work.join("layout");
+    let mut l = Layout::create(&layout)?;
+    let layers = testkit::busybox_layers(busybox, Compression::Zstd)?;
+    let desc = l.image(&layers, "amd64", &["sh"])?;
+    l.tag(desc, "docker.io/library/bb:1")?;
+    ok_output(
+        Command::new(ros)
+            .arg("--data-root")
+            .arg(&data)
+            .args(["image", "load", "-i"])
+            .arg(&layout),
+        "ros image load",
+    )?;
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    for n in ["system-dockerd", "system-docker"] {
+        let _ = std::fs::remove_file(bin.join(n));
+        std::os::unix::fs::symlink(ros, bin.join(n))?;
+    }
+    let sock = work.join("engine.sock");
+    let host = format!("unix://{}", sock.display());
+    let daemon = Command::new(bin.join("system-dockerd"))
+        .arg("--data-root")
+        .arg(&data)
+        .args(["-H", &host])
+        .stderr(std::fs::File::create(work.join("daemon.log"))?)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "system-dockerd did not start; see {}",
+                work.join("daemon.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((daemon, host, bin))
+}
+
+/// `cargo xtask bench reconcile [N]`: N system services are up; one service's environment
+/// changes; `ros service up` must recreate exactly that one, quickly.
+pub fn reconcile(n: usize) -> Result<()> {
+    if !is_root() {
+        bail!("bench reconcile needs root (containers)");
+    }
+    setup()?;
+    let ros = build_ros()?;
+    let fx = fixtures()?;
+    let work = cache_dir().join("bench/reconcile");
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg("-l")
+        .arg(&work)
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let (mut daemon, host, _bin) = start_engine(&work, &ros, &fx.busybox)?;
+    let root = work.join("root");
+    let conf = root.join("var/lib/rancher/conf");
+    std::fs::create_dir_all(&conf)?;
+    let config = |changed: Option<usize>| {
+        let mut s = String::from("#cloud-config\nrancher:\n  services:\n");
+        for i in 0..n {
+            let v = if changed == Some(i) { "changed" } else { "v1" };
+            s.push_str(&format!(
+                "    svc{i:03}:\n      image: bb:1\n      command: [sh, -c, 'trap \"exit 0\" TERM; sleep 1000 & wait']\n      environment: [VERSION={v}]\n      labels: {{io.rancher.os.scope: system}}\n"
+            ));
+        }
+        s
+    };
+    let ros_service = |args: &[&str]| -> Result<String> {
+        ok_output(
+            Command::new(&ros)
+                .arg("--root")
+                .arg(&root)
+                .args(["service", "-H", &host])
+                .args(args),
+            "ros service",
+        )
+    };
+    let ids = || -> Result<std::collections::BTreeMap<String, String>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&ros_service(&["ps", "--format", "json"])?)?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["service"].as_str().unwrap_or("").to_owned(),
+                            r["id"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let result = (|| -> Result<()> {
+        std::fs::write(conf.join("cloud-config.yml"), config(None))?;
+        let t = Instant::now();
+        ros_service(&["up"])?;
+        let first = t.elapsed();
+        let before = ids()?;
+        if before.len() != n {
+            bail!("{} of {n} services came up", before.len());
+        }
+        let t = Instant::now();
+        ros_service(&["up"])?;
+        let noop = t.elapsed();
+        std::fs::write(conf.join("cloud-config.yml"), config(Some(n / 2)))?;
+        let t = Instant::now();
+        ros_service(&["up"])?;
+        let one = t.elapsed();
+        let after = ids()?;
+        let recreated = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(*v))
+            .count();
+        println!("bench reconcile ({n} system services)");
+        println!(
+            "  first up (create + start {n})   {:>8.0} ms",
+            first.as_secs_f64() * 1e3
+        );
+        println!(
+            "  up with nothing changed        {:>8.0} ms",
+            noop.as_secs_f64() * 1e3
+        );
+        println!(
+            "  up with one service changed    {:>8.0} ms   (target <= 1000 ms)",
+            one.as_secs_f64() * 1e3
+        );
+        println!("  containers recreated           {recreated:>8}      (target exactly 1)");
+        Ok(())
+    })();
+    let _ = Command::new(&ros)
+        .arg("--root")
+        .arg(&root)
+        .args(["service", "-H", &host, "rm", "-f"])
+        .args((0..n).map(|i| format!("svc{i:03}")))
+        .output();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = Command::new("umount")
+        .arg("-R")
+        .arg("-l")
+        .arg(&work)
+        .status();
+    result
 }
 
 fn which(bin: &str) -> bool {

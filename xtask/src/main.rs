@@ -5,6 +5,7 @@
 
 mod bench;
 mod deb;
+mod os;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,20 @@ const PACKAGES: &[(&str, &[&str])] = &[
     // The stock docker CLI drives the system engine in tests (only the client is used).
     ("docker.io", &["/usr/bin/docker", "/usr/local/bin/docker"]),
     ("bsdutils", &["/usr/bin/script"]),
+    // The OS build and its QEMU tests.
+    ("kmod", &["/usr/sbin/depmod"]),
+    ("cpio", &["/usr/bin/cpio"]),
+    ("xorriso", &["/usr/bin/xorriso"]),
+    ("mtools", &["/usr/bin/mcopy"]),
+    ("dosfstools", &["/usr/sbin/mkfs.vfat"]),
+    ("grub-common", &["/usr/bin/grub-mkrescue"]),
+    ("grub-pc-bin", &["/usr/lib/grub/i386-pc/boot_hybrid.img"]),
+    (
+        "grub-efi-amd64-bin",
+        &["/usr/lib/grub/x86_64-efi/linux.mod"],
+    ),
+    ("qemu-system-x86", &["/usr/bin/qemu-system-x86_64"]),
+    ("openssh-client", &["/usr/bin/ssh"]),
 ];
 
 fn main() -> ExitCode {
@@ -33,6 +48,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("run") => run(),
         Some("bench") => bench::main(&args[1..]),
+        Some("build") => os::main(&args[1..]),
+        Some("boot") => os::boot(&args[1..]),
         Some("fixtures") => fixtures().map(|f| println!("busybox: {}", f.busybox.display())),
         _ => {
             eprintln!(
@@ -40,6 +57,8 @@ fn main() -> ExitCode {
                  setup          install the Debian packages the build and tests need\n\
                  test           fmt, clippy, unit and integration tests (root: all of them)\n\
                  run            build ros and show the image store working on a local registry\n\
+                 build          the bootable OS in dist/ (vmlinuz, initrd, paddock.iso; --smoke boots it)\n\
+                 boot           boot dist/ in QEMU with the serial console here (--iso, --uefi)\n\
                  bench pull     pull+unpack vs skopeo copy + umoci unpack"
             );
             Err(anyhow::anyhow!("unknown or missing command"))
@@ -160,6 +179,11 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: not root: the root integration tests (#[ignore]d) are skipped");
     }
     sh(&mut cmd)?;
+    if is_root() {
+        // The OS build, then QEMU boots of it (kernel + initrd, and the ISO through GRUB).
+        eprintln!("xtask: OS build and QEMU boot tests");
+        os::main(&["--smoke".to_owned()])?;
+    }
     fuzz_briefly()
 }
 

@@ -1,0 +1,448 @@
+//! `cargo xtask build`: the bootable OS from Debian packages and the static `ros`.
+//!
+//! dist/vmlinuz      Debian's cloud kernel (pinned in kernel.rs) or the one given
+//! dist/initrd       gzip'd newc cpio: /init -> /usr/bin/ros, the multi-call links, the module
+//!                   subset with its own modules.dep, /etc/os-release, and the system image
+//!                   store at /usr/share/ros/images (used in place, never unpacked at boot)
+//! dist/paddock.iso  hybrid GRUB ISO (BIOS and UEFI), serial console
+//! dist/SHA256SUMS
+//!
+//! Every step is skipped when the hash of its inputs (package versions, the ros binary, image
+//! definitions, kernel, module list) matches the stamp it left last time.
+
+pub mod apt;
+pub mod cpio;
+pub mod images;
+pub mod kernel;
+pub mod qemu;
+mod smoke;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use testkit::layout::sha256;
+
+use crate::{build_ros, cache_dir, sh, workspace_root};
+
+/// Where the image store lives in the initrd (a `ros` data root).
+pub const STORE: &str = "/usr/share/ros/images";
+
+/// The kernel command line of the ISO (and of `cargo xtask boot`).
+pub const CMDLINE: &str = "console=ttyS0 rancher.autologin=ttyS0 quiet";
+
+/// Names `ros` answers to, linked in /usr/bin and /sbin.
+pub const MULTICALL: &[&str] = &[
+    "system-docker",
+    "system-dockerd",
+    "reboot",
+    "poweroff",
+    "halt",
+];
+
+/// Bump when the initrd's layout changes in a way no other input shows.
+const INITRD_FORMAT: &str = "initrd-v1";
+
+/// Host tools the build runs.
+pub fn ensure_host_tools() -> Result<()> {
+    apt::ensure_tools(&[
+        ("kmod", "/usr/sbin/depmod"),
+        ("xorriso", "/usr/bin/xorriso"),
+        ("grub-pc-bin", "/usr/lib/grub/i386-pc/boot_hybrid.img"),
+        ("grub-efi-amd64-bin", "/usr/lib/grub/x86_64-efi/linux.mod"),
+        ("grub-common", "/usr/bin/grub-mkrescue"),
+        ("mtools", "/usr/bin/mformat"),
+        ("cpio", "/usr/bin/cpio"),
+    ])
+}
+
+#[derive(Debug, Default)]
+struct Opts {
+    kernel: Option<kernel::Source>,
+    smoke: bool,
+    uefi: bool,
+    gzip: bool,
+}
+
+fn usage() -> anyhow::Error {
+    anyhow::anyhow!(
+        "usage: cargo xtask build [--kernel-deb FILE | --kernel DIR] [--no-gzip] [--smoke [--uefi]]"
+    )
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        gzip: true,
+        ..Opts::default()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kernel-deb" => {
+                let f = it.next().ok_or_else(usage)?;
+                o.kernel = Some(kernel::Source::Deb(PathBuf::from(f)));
+            }
+            "--kernel" => {
+                let d = it.next().ok_or_else(usage)?;
+                o.kernel = Some(kernel::Source::Dir(PathBuf::from(d)));
+            }
+            "--smoke" => o.smoke = true,
+            "--uefi" => o.uefi = true,
+            "--no-gzip" => o.gzip = false,
+            _ => return Err(usage()),
+        }
+    }
+    Ok(o)
+}
+
+/// What a build produced.
+#[derive(Debug)]
+#[allow(dead_code)] // dir and key: for the boot tests that come with `ros init`
+pub struct Dist {
+    pub dir: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    pub iso: PathBuf,
+    /// Hash of the initrd's inputs.
+    pub key: String,
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let t0 = Instant::now();
+    let dist = build(o.kernel.clone().unwrap_or(kernel::Source::Pinned), o.gzip)?;
+    println!(
+        "\nbuilt in {:.1}s:\n  {}  {}\n  {}  {}\n  {}  {}",
+        t0.elapsed().as_secs_f64(),
+        images::human(size(&dist.vmlinuz)),
+        dist.vmlinuz.display(),
+        images::human(size(&dist.initrd)),
+        dist.initrd.display(),
+        images::human(size(&dist.iso)),
+        dist.iso.display()
+    );
+    if o.smoke {
+        smoke::run(&dist, o.uefi)?;
+    }
+    Ok(())
+}
+
+fn size(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn stamp_ok(stamp: &Path, key: &str, outputs: &[&Path]) -> bool {
+    fs::read_to_string(stamp).is_ok_and(|s| s == key) && outputs.iter().all(|p| p.exists())
+}
+
+fn write_stamp(stamp: &Path, key: &str) -> Result<()> {
+    fs::write(stamp, key).with_context(|| format!("writing {}", stamp.display()))
+}
+
+/// Builds everything into dist/ (each step only when its inputs changed).
+pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
+    ensure_host_tools()?;
+    let root = workspace_root();
+    let dist = root.join("dist");
+    let work = cache_dir().join("os");
+    fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let ros = build_ros()?;
+    let ros_hash = sha256(&fs::read(&ros).with_context(|| format!("reading {}", ros.display()))?);
+
+    let t = Instant::now();
+    let k = kernel::prepare(&ksrc)?;
+    eprintln!(
+        "xtask: kernel {} ({:.1}s)",
+        k.kver,
+        t.elapsed().as_secs_f64()
+    );
+
+    // System images -> an image store tree (root for `ros --root`).
+    let t = Instant::now();
+    let plan = images::plan()?;
+    let images_key = sha256(format!("{}{ros_hash}", plan.key()).as_bytes());
+    let store_root = work.join("store-root");
+    let images_stamp = work.join("images.stamp");
+    if stamp_ok(&images_stamp, &images_key, &[&store_root]) {
+        eprintln!(
+            "xtask: system images unchanged ({:.1}s)",
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        let _ = fs::remove_file(&images_stamp);
+        let _ = fs::remove_dir_all(&store_root);
+        fs::create_dir_all(&store_root)?;
+        images::build(&plan, &ros, &work.join("images"), &store_root, STORE)?;
+        write_stamp(&images_stamp, &images_key)?;
+        eprintln!(
+            "xtask: system images built in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    // initrd
+    let initrd = dist.join("initrd");
+    let vmlinuz = dist.join("vmlinuz");
+    let key = sha256(
+        format!(
+            "{INITRD_FORMAT}{images_key}{}{:?}{MULTICALL:?}{gzip}",
+            k.id,
+            kernel::MODULES
+        )
+        .as_bytes(),
+    );
+    let initrd_stamp = work.join("initrd.stamp");
+    if stamp_ok(&initrd_stamp, &key, &[&initrd, &vmlinuz]) {
+        eprintln!("xtask: initrd unchanged");
+    } else {
+        let _ = fs::remove_file(&initrd_stamp);
+        let t = Instant::now();
+        fs::copy(&k.vmlinuz, &vmlinuz)
+            .with_context(|| format!("copying {}", k.vmlinuz.display()))?;
+        let c = initrd_tree(&k, &ros, &store_root, &work.join("modules"))?;
+        write_cpio(&c, &initrd, gzip)?;
+        write_stamp(&initrd_stamp, &key)?;
+        eprintln!(
+            "xtask: initrd: {} entries, {} in {:.1}s",
+            c.len(),
+            images::human(size(&initrd)),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    // ISO
+    let iso = dist.join("paddock.iso");
+    let iso_key = sha256(format!("{key}{}", grub_cfg(CMDLINE)).as_bytes());
+    let iso_stamp = work.join("iso.stamp");
+    if stamp_ok(&iso_stamp, &iso_key, &[&iso]) {
+        eprintln!("xtask: iso unchanged");
+    } else {
+        let _ = fs::remove_file(&iso_stamp);
+        make_iso(&vmlinuz, &initrd, CMDLINE, &iso, &work.join("iso"))?;
+        write_stamp(&iso_stamp, &iso_key)?;
+    }
+
+    sha256sums(&dist, &["vmlinuz", "initrd", "paddock.iso"])?;
+    Ok(Dist {
+        dir: dist,
+        vmlinuz,
+        initrd,
+        iso,
+        key,
+    })
+}
+
+/// The initrd's contents.
+fn initrd_tree(
+    k: &kernel::Kernel,
+    ros: &Path,
+    store_root: &Path,
+    mods: &Path,
+) -> Result<cpio::Cpio> {
+    let mut c = cpio::Cpio::new();
+    for d in [
+        "dev", "proc", "sys", "run", "mnt", "etc", "sbin", "usr/bin", "var",
+    ] {
+        c.dir(d, 0o755);
+    }
+    c.dir("tmp", 0o1777);
+    c.dir("root", 0o700);
+    // The kernel opens /dev/console for init before anything is mounted.
+    c.char_dev("dev/console", 0o600, 5, 1);
+    c.file_from("usr/bin/ros", 0o755, ros);
+    c.symlink("init", "/usr/bin/ros");
+    for n in MULTICALL {
+        c.symlink(&format!("usr/bin/{n}"), "ros");
+        c.symlink(&format!("sbin/{n}"), "/usr/bin/ros");
+    }
+    c.file(
+        "etc/os-release",
+        0o644,
+        images::IMAGES
+            .first()
+            .and_then(|b| b.files.iter().find(|f| f.path == "etc/os-release"))
+            .map(|f| f.content)
+            .unwrap_or("NAME=Paddock\n"),
+    );
+    let _ = fs::remove_dir_all(mods);
+    let (n, notes) = kernel::stage_modules(k, mods)?;
+    eprintln!(
+        "xtask: {n} module files for {} requested{}",
+        kernel::MODULES.len(),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" (not staged: {})", notes.join(", "))
+        }
+    );
+    c.tree("lib/modules", &mods.join("lib/modules"))?;
+    let store = store_root.join(STORE.trim_start_matches('/'));
+    if !store.is_dir() {
+        bail!("{}: the image store was not built", store.display());
+    }
+    c.tree(STORE, &store)?;
+    Ok(c)
+}
+
+pub fn write_cpio(c: &cpio::Cpio, out: &Path, gzip: bool) -> Result<()> {
+    let tmp = out.with_extension("tmp");
+    let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    if gzip {
+        let mut gz = flate2::GzBuilder::new().write(&mut w, flate2::Compression::default());
+        c.write(&mut gz)?;
+        gz.finish()?;
+    } else {
+        c.write(&mut w)?;
+    }
+    w.flush()?;
+    drop(w);
+    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
+}
+
+pub fn grub_cfg(cmdline: &str) -> String {
+    format!(
+        "serial --unit=0 --speed=115200\n\
+         terminal_input serial console\n\
+         terminal_output serial console\n\
+         set timeout=0\n\
+         menuentry \"Paddock\" {{\n\
+         \x20 linux /boot/vmlinuz {cmdline}\n\
+         \x20 initrd /boot/initrd\n\
+         }}\n"
+    )
+}
+
+/// A hybrid GRUB ISO (BIOS + UEFI) with the kernel and initrd.
+pub fn make_iso(
+    vmlinuz: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    out: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let t = Instant::now();
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir.join("boot/grub"))?;
+    fs::copy(vmlinuz, dir.join("boot/vmlinuz"))?;
+    fs::copy(initrd, dir.join("boot/initrd"))?;
+    fs::write(dir.join("boot/grub/grub.cfg"), grub_cfg(cmdline))?;
+    let tmp = out.with_extension("tmp.iso");
+    let o = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(dir)
+        .output()
+        .context("starting grub-mkrescue")?;
+    if !o.status.success() {
+        bail!(
+            "grub-mkrescue -o {} failed: {}",
+            tmp.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "xtask: {}: {} in {:.1}s",
+        out.display(),
+        images::human(size(out)),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn sha256sums(dist: &Path, names: &[&str]) -> Result<()> {
+    sh(Command::new("sh").current_dir(dist).arg("-c").arg(format!(
+        "sha256sum {} > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS",
+        names.join(" ")
+    )))
+}
+
+/// `cargo xtask boot [--iso [--uefi]]`: builds if needed and boots the OS in QEMU with the
+/// serial console on this terminal, a NoCloud drive carrying your SSH key (one is generated
+/// under target/ if you have none), a state disk, and 127.0.0.1:2222 (or a free port) -> 22.
+/// This is what `cargo xtask run` becomes once `ros init` boots.
+pub fn boot(args: &[String]) -> Result<()> {
+    let (mut iso, mut uefi) = (false, false);
+    for a in args {
+        match a.as_str() {
+            "--iso" => iso = true,
+            "--uefi" => uefi = true,
+            _ => bail!("usage: cargo xtask boot [--iso [--uefi]]"),
+        }
+    }
+    let dist = build(kernel::Source::Pinned, true)?;
+    qemu::ensure_tools(uefi)?;
+    let dir = cache_dir().join("os/boot");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let (key, pubkey) = match ["id_ed25519", "id_rsa", "id_ecdsa"]
+        .iter()
+        .map(|k| home.join(".ssh").join(k))
+        .find(|k| k.is_file() && k.with_extension("pub").is_file())
+    {
+        Some(k) => {
+            let p = fs::read_to_string(k.with_extension("pub"))?;
+            (k, p.trim().to_owned())
+        }
+        None => {
+            let k = dir.join("id_ed25519");
+            let p = if k.is_file() {
+                fs::read_to_string(k.with_extension("pub"))?
+                    .trim()
+                    .to_owned()
+            } else {
+                qemu::ssh_keygen(&k)?
+            };
+            (k, p)
+        }
+    };
+    let user_data =
+        format!("#cloud-config\nhostname: paddock\nssh_authorized_keys:\n  - {pubkey}\n");
+    let seed = dir.join("seed.iso");
+    qemu::NoCloud::new(&user_data, "paddock-dev", "paddock").iso(&seed)?;
+    let state = dir.join("state.img");
+    if !state.exists() {
+        qemu::blank_disk(&state, 1024)?;
+    }
+    let port = if std::net::TcpListener::bind("127.0.0.1:2222").is_ok() {
+        2222
+    } else {
+        qemu::free_port()?
+    };
+    let b = if iso {
+        qemu::Boot::Cdrom {
+            iso: dist.iso.clone(),
+            uefi,
+        }
+    } else {
+        qemu::Boot::Kernel {
+            kernel: dist.vmlinuz.clone(),
+            initrd: dist.initrd.clone(),
+            append: CMDLINE.to_owned(),
+        }
+    };
+    let mut spec = qemu::Spec::new(b, &dir.join("console.log"));
+    spec.ssh_port = Some(port);
+    spec.disks = vec![state, seed];
+    spec.interactive = true;
+    let ssh = qemu::Ssh::new(port, &key);
+    let shown: Vec<String> = std::iter::once(ssh.command("").get_program())
+        .chain(ssh.command("").get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    eprintln!(
+        "xtask: booting (serial console below; Ctrl-A X quits qemu)\nxtask: ssh: {}",
+        shown.join(" ")
+    );
+    let mut vm = spec.start()?;
+    let st = vm.wait_exit(std::time::Duration::from_secs(24 * 3600))?;
+    eprintln!("xtask: qemu exited with {st}");
+    Ok(())
+}
