@@ -8,5 +8,6 @@ pub mod config;
 pub mod engine;
 pub mod fsutil;
 pub mod image;
+pub mod init;
 pub mod root;
 pub mod service;

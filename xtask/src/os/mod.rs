@@ -11,6 +11,7 @@
 //! definitions, kernel, module list) matches the stamp it left last time.
 
 pub mod apt;
+mod boottest;
 pub mod cpio;
 pub mod images;
 pub mod kernel;
@@ -44,7 +45,10 @@ pub const MULTICALL: &[&str] = &[
 ];
 
 /// Bump when the initrd's layout changes in a way no other input shows.
-const INITRD_FORMAT: &str = "initrd-v1";
+const INITRD_FORMAT: &str = "initrd-v2";
+
+/// The OS's config layer with the default system services (`/usr/share/ros/os-config.yml`).
+const OS_CONFIG: &str = include_str!("../../../os/os-config.yml");
 
 /// Host tools the build runs.
 pub fn ensure_host_tools() -> Result<()> {
@@ -63,6 +67,7 @@ pub fn ensure_host_tools() -> Result<()> {
 struct Opts {
     kernel: Option<kernel::Source>,
     smoke: bool,
+    boot_test: bool,
     uefi: bool,
     gzip: bool,
 }
@@ -90,6 +95,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.kernel = Some(kernel::Source::Dir(PathBuf::from(d)));
             }
             "--smoke" => o.smoke = true,
+            "--boot-test" => o.boot_test = true,
             "--uefi" => o.uefi = true,
             "--no-gzip" => o.gzip = false,
             _ => return Err(usage()),
@@ -126,6 +132,9 @@ pub fn main(args: &[String]) -> Result<()> {
     );
     if o.smoke {
         smoke::run(&dist, o.uefi)?;
+    }
+    if o.boot_test {
+        boottest::run(&dist)?;
     }
     Ok(())
 }
@@ -190,7 +199,7 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
     let vmlinuz = dist.join("vmlinuz");
     let key = sha256(
         format!(
-            "{INITRD_FORMAT}{images_key}{}{:?}{MULTICALL:?}{gzip}",
+            "{INITRD_FORMAT}{OS_CONFIG}{images_key}{}{:?}{MULTICALL:?}{gzip}",
             k.id,
             kernel::MODULES
         )
@@ -269,6 +278,8 @@ fn initrd_tree(
             .map(|f| f.content)
             .unwrap_or("NAME=Paddock\n"),
     );
+    c.dir("usr/share/ros", 0o755);
+    c.file("usr/share/ros/os-config.yml", 0o644, OS_CONFIG);
     let _ = fs::remove_dir_all(mods);
     let (n, notes) = kernel::stage_modules(k, mods)?;
     eprintln!(

@@ -90,6 +90,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     match argv0.as_deref() {
         Some("system-dockerd") => return daemon_main(args),
         Some("system-docker") => return sysdocker::main(args),
+        Some("init") => return ExitCode::from(crate::init::main().clamp(0, 255) as u8),
+        Some("reboot") => return power(crate::init::PowerAction::Reboot),
+        Some("poweroff") => return power(crate::init::PowerAction::PowerOff),
+        Some("halt") => return power(crate::init::PowerAction::Halt),
         _ => {}
     }
     let cli = match parse::<Cli>(args) {
@@ -135,6 +139,10 @@ fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
             ExitCode::SUCCESS
         }
     })
+}
+
+fn power(action: crate::init::PowerAction) -> ExitCode {
+    ExitCode::from(crate::init::request(action).clamp(0, 255) as u8)
 }
 
 fn daemon_main(args: Vec<OsString>) -> ExitCode {

@@ -13,7 +13,7 @@ use super::output::{print, table};
 use crate::engine::api::types::{
     ContainerConfig, ContainerCreateBody, ExecCreateBody, ExecStartBody, HostConfig, RestartPolicy,
 };
-use crate::engine::client::{Client, demux, enc, system_engine_host};
+use crate::engine::client::{Client, demux, enc, enc_image, system_engine_host};
 
 /// A client for Paddock's system engine (a subset of the docker CLI).
 #[derive(Debug, Parser)]
@@ -531,7 +531,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             return each(&names, |n| {
                 c.call(
                     "DELETE",
-                    &format!("/images/{}?force={}", enc(n), force as u8),
+                    &format!("/images/{}?force={}", enc_image(n), force as u8),
                     None::<&()>,
                 )?;
                 Ok(())
@@ -546,7 +546,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "POST",
                 &format!(
                     "/images/{}/tag?repo={}&tag={}",
-                    enc(&source),
+                    enc_image(&source),
                     enc(&repo),
                     enc(&tag)
                 ),

@@ -501,15 +501,19 @@ pub fn runtime_spec(
         linux["maskedPaths"] = json!(MASKED);
         linux["readonlyPaths"] = json!(READONLY);
     }
-    Ok(json!({
+    let mut out = json!({
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": rootfs, "readonly": spec.read_only},
-        "hostname": hostname,
         "mounts": all_mounts,
         "linux": linux,
         "annotations": spec.labels,
-    }))
+    });
+    // With the host's UTS namespace the runtime must not set a hostname (it would refuse).
+    if spec.uts != NsMode::Host {
+        out["hostname"] = json!(hostname);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

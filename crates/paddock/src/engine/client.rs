@@ -85,6 +85,20 @@ pub fn enc(s: &str) -> String {
     o
 }
 
+/// Percent-encodes an image name for a URL path, keeping `/`, `:` and `@` as docker does
+/// (`/images/library/busybox:1/json`).
+pub fn enc_image(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/:@".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
 impl Client {
     /// A client for `unix:///path` (or a bare absolute path).
     pub fn new(host: &str) -> Result<Client, ClientError> {
@@ -320,7 +334,7 @@ impl Client {
     /// The raw JSON of `inspect`, for printing.
     pub fn inspect_raw(&self, kind: &str, id: &str) -> Result<serde_json::Value, ClientError> {
         let path = match kind {
-            "image" => format!("/images/{}/json", enc(id)),
+            "image" => format!("/images/{}/json", enc_image(id)),
             _ => format!("/containers/{}/json", enc(id)),
         };
         self.json("GET", &path, None::<&()>)

@@ -60,6 +60,9 @@ impl Runtime for Libcontainer {
             .map_err(|e| err(e.to_string()))?;
         let mut container = with_stdio(builder, stdio)
             .as_init(bundle)
+            // pivot_root cannot leave an initramfs (it has no parent mount): there the
+            // rootfs is entered by moving it over / instead, as docker's DOCKER_RAMDISK does.
+            .with_no_pivot(root_is_ramfs())
             .with_systemd(false)
             .with_detach(true)
             .build()
@@ -105,5 +108,42 @@ fn with_stdio(b: ContainerBuilder, stdio: Stdio) -> ContainerBuilder {
         Stdio::Fds(i, o, e) => b.with_stdin(i).with_stdout(o).with_stderr(e),
         Stdio::Console(p) => b.with_console_socket(Some(p)),
         Stdio::Inherit => b,
+    }
+}
+
+/// True when `/` is the initramfs (rootfs, a ramfs or tmpfs with no parent mount), or when
+/// `PADDOCK_NO_PIVOT` is set (to exercise that path on a normal host).
+pub fn root_is_ramfs() -> bool {
+    if std::env::var_os("PADDOCK_NO_PIVOT").is_some() {
+        return true;
+    }
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| ramfs_root_in(&m))
+        .unwrap_or(false)
+}
+
+fn ramfs_root_in(mountinfo: &str) -> bool {
+    // The last mount on "/" is the one in effect.
+    let root = mountinfo
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"));
+    root.and_then(|l| l.split(" - ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|fs| fs == "rootfs" || fs == "ramfs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_roots_are_recognised() {
+        assert!(ramfs_root_in("1 1 0:2 / / rw - rootfs rootfs rw\n"));
+        assert!(!ramfs_root_in(
+            "1 1 0:2 / / rw - rootfs rootfs rw\n25 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        ));
+        assert!(!ramfs_root_in(
+            "25 1 8:1 / / rw shared:1 - overlay overlay rw\n"
+        ));
     }
 }
