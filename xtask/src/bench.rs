@@ -350,22 +350,7 @@ pub fn start(runs: usize) -> Result<()> {
             String::new(),
         ));
         if Path::new("/usr/bin/docker").exists() || which("docker") {
-            let v = time_runs(runs.min(30), |_| {
-                ok_output(
-                    Command::new("docker").args([
-                        "-H",
-                        &host,
-                        "run",
-                        "--rm",
-                        "--network",
-                        "host",
-                        "bb:1",
-                        "true",
-                    ]),
-                    "docker run against the system engine",
-                )
-                .map(|_| ())
-            })?;
+            let v = docker_run_times(&host, runs.min(30), "docker run against the system engine")?;
             rows.push((
                 "ros: docker CLI run --rm".into(),
                 Some(ms(&v)),
@@ -592,6 +577,26 @@ pub fn reconcile(n: usize) -> Result<()> {
     result
 }
 
+/// Times `docker -H host run --rm --network host bb:1 true`.
+fn docker_run_times(host: &str, runs: usize, what: &str) -> Result<Vec<Duration>> {
+    time_runs(runs, |_| {
+        ok_output(
+            Command::new("docker").args([
+                "-H",
+                host,
+                "run",
+                "--rm",
+                "--network",
+                "host",
+                "bb:1",
+                "true",
+            ]),
+            what,
+        )
+        .map(|_| ())
+    })
+}
+
 fn which(bin: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])
@@ -658,22 +663,7 @@ fn docker_peer(work: &Path, ros: &Path, data: &Path, runs: usize) -> Result<f64>
                 .arg(&tar),
             "docker load",
         )?;
-        let v = time_runs(runs, |_| {
-            ok_output(
-                Command::new("docker").args([
-                    "-H",
-                    &host,
-                    "run",
-                    "--rm",
-                    "--network",
-                    "host",
-                    "bb:1",
-                    "true",
-                ]),
-                "docker run against dockerd",
-            )
-            .map(|_| ())
-        })?;
+        let v = docker_run_times(&host, runs, "docker run against dockerd")?;
         Ok(ms(&v))
     })();
     let _ = d.kill();

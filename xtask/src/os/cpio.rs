@@ -59,6 +59,18 @@ impl Cpio {
         Cpio::default()
     }
 
+    /// A root-owned node.
+    fn root_owned(mode: u32, data: Option<Data>, rdev: (u32, u32)) -> Node {
+        Node {
+            mode,
+            uid: 0,
+            gid: 0,
+            data,
+            rdev,
+            link_group: None,
+        }
+    }
+
     fn insert(&mut self, path: &str, node: Node) {
         let path = norm(path);
         if path.is_empty() {
@@ -71,14 +83,9 @@ impl Cpio {
             if s.is_empty() {
                 break;
             }
-            self.nodes.entry(s).or_insert(Node {
-                mode: S_IFDIR | 0o755,
-                uid: 0,
-                gid: 0,
-                data: None,
-                rdev: (0, 0),
-                link_group: None,
-            });
+            self.nodes
+                .entry(s)
+                .or_insert(Self::root_owned(S_IFDIR | 0o755, None, (0, 0)));
             parent = p.parent();
         }
         self.nodes.insert(path, node);
@@ -87,28 +94,18 @@ impl Cpio {
     pub fn dir(&mut self, path: &str, perm: u32) {
         self.insert(
             path,
-            Node {
-                mode: S_IFDIR | (perm & 0o7777),
-                uid: 0,
-                gid: 0,
-                data: None,
-                rdev: (0, 0),
-                link_group: None,
-            },
+            Self::root_owned(S_IFDIR | (perm & 0o7777), None, (0, 0)),
         );
     }
 
     pub fn file(&mut self, path: &str, perm: u32, data: impl Into<Vec<u8>>) {
         self.insert(
             path,
-            Node {
-                mode: S_IFREG | (perm & 0o7777),
-                uid: 0,
-                gid: 0,
-                data: Some(Data::Bytes(data.into())),
-                rdev: (0, 0),
-                link_group: None,
-            },
+            Self::root_owned(
+                S_IFREG | (perm & 0o7777),
+                Some(Data::Bytes(data.into())),
+                (0, 0),
+            ),
         );
     }
 
@@ -116,28 +113,22 @@ impl Cpio {
     pub fn file_from(&mut self, path: &str, perm: u32, src: &Path) {
         self.insert(
             path,
-            Node {
-                mode: S_IFREG | (perm & 0o7777),
-                uid: 0,
-                gid: 0,
-                data: Some(Data::File(src.to_path_buf())),
-                rdev: (0, 0),
-                link_group: None,
-            },
+            Self::root_owned(
+                S_IFREG | (perm & 0o7777),
+                Some(Data::File(src.to_path_buf())),
+                (0, 0),
+            ),
         );
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
         self.insert(
             path,
-            Node {
-                mode: S_IFLNK | 0o777,
-                uid: 0,
-                gid: 0,
-                data: Some(Data::Bytes(target.as_bytes().to_vec())),
-                rdev: (0, 0),
-                link_group: None,
-            },
+            Self::root_owned(
+                S_IFLNK | 0o777,
+                Some(Data::Bytes(target.as_bytes().to_vec())),
+                (0, 0),
+            ),
         );
     }
 
@@ -145,14 +136,7 @@ impl Cpio {
     pub fn char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) {
         self.insert(
             path,
-            Node {
-                mode: 0o020000 | (perm & 0o7777),
-                uid: 0,
-                gid: 0,
-                data: None,
-                rdev: (major, minor),
-                link_group: None,
-            },
+            Self::root_owned(0o020000 | (perm & 0o7777), None, (major, minor)),
         );
     }
 

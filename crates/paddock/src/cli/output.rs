@@ -17,6 +17,47 @@ pub fn print(text: &str) -> io::Result<()> {
     out.flush()
 }
 
+/// Writes a piece of container output where the user sees it: stdout (flushed, so `-f`
+/// follows live) or stderr. The callback of the client's log and exec streams.
+pub fn to_terminal(is_stderr: bool, data: &[u8]) -> io::Result<()> {
+    if is_stderr {
+        io::stderr().write_all(data)
+    } else {
+        let mut out = io::stdout().lock();
+        out.write_all(data)?;
+        out.flush()
+    }
+}
+
+/// The exit status of a command that went over several names.
+pub fn exit_code(failed: bool) -> std::process::ExitCode {
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Runs `f` for each name, printing the name when it worked and `<label><name>: <error>`
+/// when it did not (as docker's verbs over several containers do); fails if any failed.
+pub fn for_each_name(
+    names: &[String],
+    label: &str,
+    mut f: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let mut failed = false;
+    for n in names {
+        match f(n) {
+            Ok(()) => print(&format!("{n}\n"))?,
+            Err(e) => {
+                eprintln!("{label}{n}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(exit_code(failed))
+}
+
 /// Renders rows as left-aligned columns separated by three spaces, the way docker does.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -2,7 +2,6 @@
 //! system engine (and the user Docker for user-scope services, when it runs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -10,7 +9,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::Context;
-use super::output::{print, table};
+use super::output::{exit_code, for_each_name, print, table, to_terminal};
 use crate::config::sources::{self as cfgsrc, LoadOptions};
 use crate::config::{CloudConfig, KeyPath};
 use crate::engine::client::{Client, system_engine_host};
@@ -230,14 +229,7 @@ pub fn run(args: ServiceArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         }),
         ServiceCmd::Logs { follow, tail, name } => {
             let (e, c) = w.target(name)?;
-            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            e.client.logs(&c, *follow, tail.as_deref(), |is_err, b| {
-                if is_err {
-                    err.write_all(b)
-                } else {
-                    out.write_all(b).and_then(|_| out.flush())
-                }
-            })?;
+            e.client.logs(&c, *follow, tail.as_deref(), to_terminal)?;
             Ok(ExitCode::SUCCESS)
         }
         ServiceCmd::Ps { format } => ps(&w, *format),
@@ -253,24 +245,9 @@ fn each(
     names: &[String],
     f: impl Fn(&ApiEngine, &str) -> Result<(), String>,
 ) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for n in names {
-        let r = w
-            .target(n)
-            .map_err(|e| e.to_string())
-            .and_then(|(e, c)| f(e, &c));
-        match r {
-            Ok(()) => print(&format!("{n}\n"))?,
-            Err(e) => {
-                eprintln!("ros: service {n}: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    for_each_name(names, "ros: service ", |n| {
+        let (e, c) = w.target(n)?;
+        f(e, &c).map_err(anyhow::Error::msg)
     })
 }
 
@@ -530,9 +507,5 @@ fn pull(w: &World, names: &[String]) -> anyhow::Result<ExitCode> {
             failed = true;
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(failed))
 }

@@ -2,14 +2,14 @@
 //! need the 44 MB docker CLI to run `system-docker ps` or `system-docker logs ntp`.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-use super::output::{print, table};
+use super::output::{exit_code, for_each_name, print, table, to_terminal};
 use crate::engine::api::types::{
     ContainerConfig, ContainerCreateBody, ExecCreateBody, ExecStartBody, HostConfig, RestartPolicy,
 };
@@ -229,25 +229,8 @@ fn json_out(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn each(
-    names: &[String],
-    mut f: impl FnMut(&str) -> anyhow::Result<()>,
-) -> anyhow::Result<ExitCode> {
-    let mut failed = false;
-    for n in names {
-        match f(n) {
-            Ok(()) => print(&format!("{n}\n"))?,
-            Err(e) => {
-                eprintln!("system-docker: {n}: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+fn each(names: &[String], f: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    for_each_name(names, "system-docker: ", f)
 }
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -346,7 +329,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             json_out(&out)?;
             if failed {
-                return Ok(ExitCode::FAILURE);
+                return Ok(exit_code(true));
             }
         }
         Cmd::Start { names } => return each(&names, |n| Ok(c.verb(n, "start", "")?)),
@@ -366,14 +349,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Cmd::Rm { force, names } => return each(&names, |n| Ok(c.remove(n, force)?)),
         Cmd::Logs { follow, tail, name } => {
-            let (mut out, mut err) = (io::stdout(), io::stderr());
-            c.logs(&name, follow, tail.as_deref(), |is_err, b| {
-                if is_err {
-                    err.write_all(b)
-                } else {
-                    out.write_all(b).and_then(|_| out.flush())
-                }
-            })?;
+            c.logs(&name, follow, tail.as_deref(), to_terminal)?;
         }
         Cmd::Wait { names } => {
             for n in &names {
@@ -470,14 +446,7 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 print(&format!("{id}\n"))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let (mut out, mut err) = (io::stdout(), io::stderr());
-            let logs = c.logs(&id, true, None, |is_err, b| {
-                if is_err {
-                    err.write_all(b)
-                } else {
-                    out.write_all(b).and_then(|_| out.flush())
-                }
-            });
+            let logs = c.logs(&id, true, None, to_terminal);
             let code = match c.wait(&id) {
                 Ok(code) => code,
                 // Removed already (--rm): the logs ended with it.
@@ -662,14 +631,7 @@ fn exec_start(
             let _ = w.shutdown(std::net::Shutdown::Write);
         });
     }
-    let (mut out, mut err) = (io::stdout(), io::stderr());
-    let _ = demux(up.reader, raw || tty, &mut |is_err, b| {
-        if is_err {
-            err.write_all(b)
-        } else {
-            out.write_all(b).and_then(|_| out.flush())
-        }
-    });
+    let _ = demux(up.reader, raw || tty, &mut to_terminal);
     drop(_raw);
     let st = c.exec_inspect(id)?;
     Ok(ExitCode::from(st.exit_code.unwrap_or(0).clamp(0, 255) as u8))

@@ -248,7 +248,8 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// The YAML kind of a value, for messages.
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",

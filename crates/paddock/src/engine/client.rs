@@ -72,11 +72,11 @@ pub fn system_engine_host(flag: Option<&str>) -> String {
         .unwrap_or_else(|| format!("unix://{}", crate::cli::dockerd::DEFAULT_SOCKET))
 }
 
-/// Percent-encodes a query value.
-pub fn enc(s: &str) -> String {
+/// Percent-encodes `s`, keeping ASCII letters, digits, `-_.~` and the bytes in `keep`.
+fn percent(s: &str, keep: &[u8]) -> String {
     let mut o = String::new();
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || keep.contains(&b) {
             o.push(b as char);
         } else {
             o.push_str(&format!("%{b:02X}"));
@@ -85,18 +85,26 @@ pub fn enc(s: &str) -> String {
     o
 }
 
+/// Percent-encodes a query value or a container name.
+pub fn enc(s: &str) -> String {
+    percent(s, b"")
+}
+
 /// Percent-encodes an image name for a URL path, keeping `/`, `:` and `@` as docker does
 /// (`/images/library/busybox:1/json`).
 pub fn enc_image(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/:@".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
+    percent(s, b"/:@")
+}
+
+/// The error an answer with status >= 400 carries: docker's `{"message": ...}`, else the text.
+fn api_error(status: u16, body: impl Read) -> ClientError {
+    let mut b = Vec::new();
+    let _ = body.take(1 << 20).read_to_end(&mut b);
+    let message = serde_json::from_slice::<serde_json::Value>(&b)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&b).trim().to_owned());
+    ClientError::Api { status, message }
 }
 
 impl Client {
@@ -203,14 +211,7 @@ impl Client {
             body,
         };
         if status >= 400 {
-            let mut b = Vec::new();
-            let mut resp = resp;
-            let _ = resp.body.by_ref().take(1 << 20).read_to_end(&mut b);
-            let message = serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&b).trim().to_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, resp.body));
         }
         Ok(resp)
     }
@@ -284,13 +285,7 @@ impl Client {
             why,
         })?;
         if status >= 400 {
-            let mut b = Vec::new();
-            let _ = r.take(1 << 20).read_to_end(&mut b);
-            let message = serde_json::from_slice::<serde_json::Value>(&b)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&b).trim().to_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(api_error(status, r));
         }
         let raw = headers
             .iter()

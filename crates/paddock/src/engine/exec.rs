@@ -255,17 +255,19 @@ impl Engine {
             container_id: c.id.clone(),
             runtime_root: self.runtime_root(),
             process: process_path,
-            // Not below the container directory: too long for a socket address.
-            console_socket: state
-                .req
-                .tty
-                .then(|| shim::socket(&self.container_dir(id), "exec")),
+            console_socket: state.req.tty.then(|| self.exec_console_socket(id)),
         };
         let cfg_path = dir.join(format!("{id}.json"));
         let b = serde_json::to_vec(&cfg).map_err(|e| EngineError::Internal(e.to_string()))?;
         write_atomic(&cfg_path, &b, 0o600)
             .map_err(|e| EngineError::Internal(format!("{}: {e}", cfg_path.display())))?;
         Ok((state, cfg_path))
+    }
+
+    /// Where a tty exec's runtime sends the pty master. Not below the container directory:
+    /// that path is too long for a socket address.
+    fn exec_console_socket(&self, id: &str) -> PathBuf {
+        shim::socket(&self.container_dir(id), "exec")
     }
 
     fn exec_command(&self, cfg_path: &Path) -> Command {
@@ -419,9 +421,7 @@ impl Engine {
             let _ = output.close();
             126
         };
-        let Some(sock) = helper_socket(cfg) else {
-            return fail("exec helper config has no console socket".into());
-        };
+        let sock = self.exec_console_socket(id);
         let _ = fs::remove_file(&sock);
         let listener = match UnixListener::bind(&sock) {
             Ok(l) => l,
@@ -503,13 +503,6 @@ fn drain(pumps: Vec<std::thread::JoinHandle<()>>) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-fn helper_socket(cfg: &Path) -> Option<PathBuf> {
-    let b = fs::read(cfg).ok()?;
-    serde_json::from_slice::<HelperConfig>(&b)
-        .ok()?
-        .console_socket
 }
 
 /// The exec's OCI process: the container's, with the request's command, environment, user,

@@ -95,6 +95,19 @@ impl Environment {
     }
 }
 
+/// Takes the variable name at the front of `it`.
+fn read_name(it: &mut std::iter::Peekable<std::str::CharIndices<'_>>) -> String {
+    let mut name = String::new();
+    while let Some(&(_, c)) = it.peek() {
+        if !is_name_char(c) {
+            break;
+        }
+        name.push(c);
+        it.next();
+    }
+    name
+}
+
 fn is_name_char(c: char) -> bool {
     c == '_' || c.is_ascii_alphanumeric()
 }
@@ -124,14 +137,7 @@ pub fn interpolate_str(
             }
             Some('{') => {
                 it.next();
-                let mut name = String::new();
-                while let Some(&(_, c)) = it.peek() {
-                    if !is_name_char(c) {
-                        break;
-                    }
-                    name.push(c);
-                    it.next();
-                }
+                let name = read_name(&mut it);
                 if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
                     return Err(bad());
                 }
@@ -187,14 +193,7 @@ pub fn interpolate_str(
                 }
             }
             Some(c) if is_name_char(c) && !c.is_ascii_digit() => {
-                let mut name = String::new();
-                while let Some(&(_, c)) = it.peek() {
-                    if !is_name_char(c) {
-                        break;
-                    }
-                    name.push(c);
-                    it.next();
-                }
+                let name = read_name(&mut it);
                 match env.lookup(service, &name) {
                     Some(v) => out.push_str(v),
                     None => unset.push(name),
