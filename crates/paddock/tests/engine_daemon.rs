@@ -223,6 +223,88 @@ fn sigkill_of_the_daemon_keeps_containers_and_logs() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
 
+/// System services see the host's devices: privileged host-network containers and a
+/// `-v /dev:/dev` volume get the host's /dev itself, which the runtime must leave as it is.
+#[test]
+#[ignore = "needs root and the test tools: run `cargo xtask test`"]
+fn host_dev_for_privileged_services_and_dev_volumes() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let d = Daemon::start();
+    let ptmx_before = std::fs::symlink_metadata("/dev/ptmx").unwrap();
+    // Twice each: the first start must not leave anything that breaks the second.
+    for name in ["priv1", "priv2"] {
+        let out = d.ok(&[
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--privileged",
+            "--network",
+            "host",
+            "bb:1",
+            "sh",
+            "-c",
+            "test -c /dev/null && ls /dev/pts >/dev/null && echo devices ok",
+        ]);
+        assert_eq!(out.trim(), "devices ok", "{name}");
+    }
+    for name in ["devvol1", "devvol2"] {
+        let out = d.ok(&[
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--privileged",
+            "-v",
+            "/dev:/dev",
+            "bb:1",
+            "sh",
+            "-c",
+            "test -c /dev/ptmx && echo ptmx is a device",
+        ]);
+        assert_eq!(out.trim(), "ptmx is a device", "{name}");
+    }
+    // A device node made on the host after the container started is visible in it: the
+    // container has the host's /dev, not a copy.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "watcher",
+        "--privileged",
+        "--network",
+        "host",
+        "bb:1",
+        "sleep",
+        "30",
+    ]);
+    let node = "/dev/paddock-test-null";
+    let _ = std::fs::remove_file(node);
+    assert!(
+        Command::new("mknod")
+            .args([node, "c", "1", "3"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let seen = d.docker(&["exec", "watcher", "sh", "-c", &format!("test -c {node}")]);
+    let _ = std::fs::remove_file(node);
+    assert!(
+        seen.status.success(),
+        "the new host device is not visible in the container: {seen:?}"
+    );
+    d.ok(&["rm", "-f", "watcher"]);
+    let ptmx_after = std::fs::symlink_metadata("/dev/ptmx").unwrap();
+    assert!(
+        ptmx_after.file_type().is_char_device(),
+        "the host's /dev/ptmx was replaced"
+    );
+    assert_eq!(
+        ptmx_before.file_type().is_char_device(),
+        ptmx_after.file_type().is_char_device()
+    );
+}
+
 /// Runs `cmd` under a pseudo-terminal (util-linux `script`), as a user at a terminal would.
 /// `typed` is what the user types.
 fn in_terminal(cmd: &str, typed: &str) -> String {

@@ -100,9 +100,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    // The shim's stderr becomes the container's in the runtime's forked init: keep it quiet.
-    let quiet = matches!(cli.command, Command::Shim { .. } | Command::Exec { .. });
-    init_logging(if quiet { None } else { Some(cli.verbose) });
+    // The shim logs errors only (to its shim.log): the runtime's reasons for a failed start,
+    // which the engine attaches to the start error. The exec helper's stderr is the user's.
+    let level = match cli.command {
+        Command::Shim { .. } => Some(ERRORS_ONLY),
+        Command::Exec { .. } => None,
+        _ => Some(cli.verbose),
+    };
+    init_logging(level);
     let ctx = Context {
         root: Root::new(cli.root.clone()),
         data_root: cli.data_root.clone(),
@@ -160,9 +165,13 @@ fn daemon_main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
+/// `init_logging` level that shows errors only.
+const ERRORS_ONLY: u8 = u8::MAX;
+
 fn init_logging(verbose: Option<u8>) {
     let level = match verbose {
         None => "off",
+        Some(ERRORS_ONLY) => "error",
         Some(0) => "warn",
         Some(1) => "info",
         Some(2) => "debug",

@@ -607,9 +607,11 @@ impl Engine {
         )
         .map_err(|e| internal("shim", e))?;
         let _ = fs::remove_file(dir.join("exit.json"));
+        // Fresh each start, so its tail is this start's story.
         let shim_log = fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .open(dir.join("shim.log"))
             .map_err(|e| internal("shim.log", e))?;
         let mut child = Command::new(&self.inner.cfg.ros_exe)
@@ -631,8 +633,10 @@ impl Engine {
             .stdout
             .take()
             .ok_or_else(|| internal("shim", "no stdout"))?;
-        let pid = shim::read_ready(stdout)
-            .map_err(|e| EngineError::Internal(format!("starting container {}: {e}", c.name)))?;
+        let pid = shim::read_ready(stdout).map_err(|e| {
+            let why = shim::log_tail(&dir.join("shim.log"), 3);
+            EngineError::Internal(format!("starting container {}: {e}{why}", c.name))
+        })?;
         let conn = connect(&shim::socket(&dir, "shim"))?;
         Ok((pid, conn))
     }

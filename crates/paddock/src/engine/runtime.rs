@@ -122,7 +122,7 @@ pub fn root_is_ramfs() -> bool {
         .unwrap_or(false)
 }
 
-fn ramfs_root_in(mountinfo: &str) -> bool {
+pub(crate) fn ramfs_root_in(mountinfo: &str) -> bool {
     // The last mount on "/" is the one in effect.
     let root = mountinfo
         .lines()

@@ -427,6 +427,19 @@ pub fn read_ready(stdout: impl Read) -> Result<i32, String> {
         .to_owned())
 }
 
+/// The last `n` lines of a shim's log, as `" (caused by: ...)"`, or nothing.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(text) = fs::read_to_string(path) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = lines[lines.len().saturating_sub(n)..].join("; ");
+    format!(" (runtime log: {})", tail.trim())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

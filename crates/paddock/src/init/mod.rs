@@ -25,6 +25,7 @@
 
 pub mod blkid;
 pub mod kmod;
+pub mod switchroot;
 
 use std::fs;
 use std::io::Write as _;
@@ -139,6 +140,15 @@ fn mount_basics() {
         Some("mode=0620,ptmxmode=0666,gid=5"),
     );
     try_mount("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"));
+    // The links udev would make; containers given the host's /dev see them too.
+    for (target, link) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
     try_mount(
         "tmpfs",
         "/run",
@@ -618,6 +628,14 @@ pub fn main() -> i32 {
         eprintln!("ros init: not process 1; refusing to take over this system");
         return 1;
     }
+    // pivot_root(2) cannot leave the initramfs: move into a tmpfs first (this re-executes
+    // /init, so the code below runs in the tmpfs root).
+    if switchroot::in_initramfs() {
+        let why = switchroot::to_tmpfs();
+        log(format!(
+            "{why}; staying in the initramfs (containers without pivot_root)"
+        ));
+    }
     // Signals are taken synchronously; block them before any thread exists.
     let mut signals = SigSet::empty();
     for s in [
@@ -631,7 +649,15 @@ pub fn main() -> i32 {
     }
     let _ = signals.thread_block();
     mount_basics();
-    log(format!("init started (ros {})", env!("CARGO_PKG_VERSION")));
+    log(format!(
+        "init started (ros {}), root on {}",
+        env!("CARGO_PKG_VERSION"),
+        if crate::engine::runtime::root_is_ramfs() {
+            "the initramfs"
+        } else {
+            "a tmpfs"
+        }
+    ));
     load_modules(BUILTIN_MODULES.iter().copied());
     log("modules loaded");
     // The kernel command line and built-in defaults say where the state is.
