@@ -88,7 +88,20 @@ pub fn run(dist: &Dist) -> Result<()> {
             let found = list.as_array().into_iter().flatten().any(|c| {
                 c["Names"][0].as_str() == Some(&format!("/{s}")) && c["State"] == "running"
             });
-            ensure!(found, "service {s} is not running: {ps}");
+            if !found {
+                let table = ssh.run("sudo system-docker ps -a")?;
+                let logs = ssh.run(&format!("sudo system-docker logs {s}"))?;
+                if let Ok(extra) = std::env::var("PADDOCK_BOOTTEST_DEBUG") {
+                    let o = ssh.run(&extra)?;
+                    eprintln!("debug: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                }
+                bail!(
+                    "service {s} is not running:\n{}\nits logs:\n{}{}",
+                    String::from_utf8_lossy(&table.stdout),
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                );
+            }
         }
         let table = ssh.ok("sudo system-docker ps")?;
         println!("{table}");

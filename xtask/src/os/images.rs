@@ -136,8 +136,8 @@ sshd:*:19000:0:99999:7:::\n\
 nobody:*:19000:0:99999:7:::\n";
 const SSHD_CONFIG: &str = "# Paddock console: key login for rancher (and docker), nothing else.\n\
 Port 22\n\
-HostKey /etc/ssh/ssh_host_ed25519_key\n\
-HostKey /etc/ssh/ssh_host_rsa_key\n\
+HostKey /var/lib/rancher/ssh/ssh_host_ed25519_key\n\
+HostKey /var/lib/rancher/ssh/ssh_host_rsa_key\n\
 PermitRootLogin no\n\
 AllowUsers rancher docker\n\
 PubkeyAuthentication yes\n\
@@ -154,6 +154,13 @@ const PAM_AUTH: &str = "auth\t[success=1 default=ignore]\tpam_unix.so nullok\nau
 const PAM_ACCOUNT: &str = "account\t[success=1 new_authtok_reqd=done default=ignore]\tpam_unix.so\naccount\trequisite\tpam_deny.so\naccount\trequired\tpam_permit.so\n";
 const PAM_SESSION: &str = "session\trequired\tpam_permit.so\nsession\toptional\tpam_unix.so\n";
 const PAM_PASSWORD: &str = "password\t[success=1 default=ignore]\tpam_unix.so obscure yescrypt\npassword\trequisite\tpam_deny.so\npassword\trequired\tpam_permit.so\n";
+
+/// The console's command: host keys made once, kept on the state partition
+/// (/var/lib/rancher), then sshd; a serial getty when `rancher.autologin` names a port.
+const CONSOLE_START: &str = "set -e; mkdir -p /run/sshd /var/lib/rancher/ssh; \
+for t in ed25519 rsa; do k=/var/lib/rancher/ssh/ssh_host_${t}_key; \
+[ -s $k ] || ssh-keygen -q -t $t -N '' -f $k; done; \
+exec /usr/sbin/sshd -D -e";
 
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 # udhcpc event script (Paddock network image): addresses, default route, resolv.conf.
@@ -191,8 +198,8 @@ exit 0
 "#;
 
 const NTPD_CONF: &str = "servers pool.ntp.org\n";
-const NTP_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n_ntp:x:101:101:openntpd:/var/lib/openntpd/chroot:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
-const NTP_GROUP: &str = "root:x:0:\n_ntp:x:101:\nnogroup:x:65534:\n";
+const NTP_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nntpd:x:101:101:openntpd:/var/lib/openntpd/chroot:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const NTP_GROUP: &str = "root:x:0:\nntpd:x:101:\nnogroup:x:65534:\n";
 
 const ACPID_CONF: &str = "PWRF poweroff.sh\n";
 const ACPI_POWEROFF: &str = "#!/bin/sh\n# The power button: ask PID 1 to power off (busybox convention: SIGUSR2).\nexec poweroff\n";
@@ -306,7 +313,7 @@ pub const IMAGES: &[ImageDef] = &[
         cmd: &[
             "/bin/sh",
             "-c",
-            "mkdir -p /run/sshd && ssh-keygen -A && exec /usr/sbin/sshd -D -e",
+            CONSOLE_START,
         ],
     },
     ImageDef {
@@ -479,6 +486,13 @@ pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str)
             }
         }
         if def.name == "base" {
+            // /var/run is /run, as on Debian (sockets under /run are found by either name).
+            let var_run = stage.join("var/run");
+            if fs::symlink_metadata(&var_run).is_err() {
+                fs::create_dir_all(stage.join("var"))?;
+                std::os::unix::fs::symlink("/run", &var_run)
+                    .with_context(|| format!("linking {}", var_run.display()))?;
+            }
             for a in &busybox_list {
                 let link = stage.join(a);
                 if fs::symlink_metadata(&link).is_ok() {

@@ -52,6 +52,9 @@ pub const MODULES: &[&str] = &[
     // the kernel's FAT_DEFAULT_IOCHARSET is "ascii": vfat mounts fail without it
     "nls_ascii",
     "squashfs",
+    // the power button (acpid reads /dev/input/event*)
+    "button",
+    "evdev",
     // what dockerd autoloads (qemu.md section 7)
     "crc32c-intel",
     "libcrc32c",

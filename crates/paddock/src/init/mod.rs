@@ -62,6 +62,9 @@ pub const BUILTIN_MODULES: &[&str] = &[
     "nls_ascii",
     "nls_iso8859-1",
     "squashfs",
+    // the power button (acpid reads /dev/input/event*)
+    "button",
+    "evdev",
 ];
 
 /// The engine's data root and socket.
@@ -345,6 +348,19 @@ fn apply_config(cfg: &CloudConfig) {
     }
     let _ = fs::create_dir_all("/etc");
     let _ = fs::write("/etc/hostname", format!("{hostname}\n"));
+    // From the config, or filled in place by the network service's DHCP client (the
+    // console binds the same file).
+    let dns = &cfg.rancher.network.dns;
+    let mut resolv = String::new();
+    for s in &dns.search {
+        resolv.push_str(&format!("search {s}\n"));
+    }
+    for n in &dns.nameservers {
+        resolv.push_str(&format!("nameserver {n}\n"));
+    }
+    if !resolv.is_empty() || !Path::new("/etc/resolv.conf").exists() {
+        let _ = fs::write("/etc/resolv.conf", resolv);
+    }
     let _ = fs::write(
         "/etc/hosts",
         format!("127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost\n"),
@@ -437,6 +453,30 @@ fn ros(reaper: &Reaper, args: &[&str]) -> i32 {
         Err(e) => {
             log(format!("running ros {args:?}: {e}"));
             255
+        }
+    }
+}
+
+/// System containers live for one boot: what a service changed outside its volumes is gone
+/// after a reboot (volume containers, `io.rancher.os.createonly`, are kept with their data).
+fn fresh_system_containers() {
+    let Ok(client) = Client::new(&format!("unix://{ENGINE_SOCKET}")) else {
+        return;
+    };
+    let filter = [(
+        "label".to_owned(),
+        "com.docker.compose.project=os".to_owned(),
+    )];
+    let Ok(list) = client.containers(true, &filter) else {
+        return;
+    };
+    for c in list {
+        let keep = c
+            .labels
+            .get(crate::service::labels::CREATE_ONLY)
+            .is_some_and(|v| v == "true");
+        if !keep && let Err(e) = client.remove(&c.id, true) {
+            log(format!("removing last boot's container {}: {e}", c.id));
         }
     }
 }
@@ -688,6 +728,7 @@ pub fn main() -> i32 {
     } else {
         log("the system engine did not come up; see /var/log/system-docker.log");
     }
+    fresh_system_containers();
     let code = ros(&reaper, &["service", "up"]);
     log(format!("system services up (ros service up exit {code})"));
     cloud_init_execute(&cfg);

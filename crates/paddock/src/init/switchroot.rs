@@ -114,8 +114,9 @@ fn move_entry(
     if ft.is_dir() {
         fs::create_dir(to)?;
         move_dir(from, to, links, problems);
-        fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        // Owner before mode: chown clears the set-id bits.
         lchown(to, Some(md.uid()), Some(md.gid()))?;
+        fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
         // Non-empty only if something inside could not be moved.
         let _ = fs::remove_dir(from);
         return Ok(());
@@ -134,7 +135,10 @@ fn move_entry(
                 }
             }
         }
+        // Owner before mode: chown clears the set-id bits (sudo is set-uid).
+        lchown(to, Some(md.uid()), Some(md.gid()))?;
         fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        return fs::remove_file(from);
     } else {
         // Device nodes, fifos, sockets.
         use nix::sys::stat::{Mode, SFlag, mknod};
@@ -163,7 +167,7 @@ mod tests {
         fs::create_dir_all(src.join("usr/bin")).unwrap();
         fs::create_dir(&dst).unwrap();
         fs::write(src.join("usr/bin/ros"), b"elf").unwrap();
-        fs::set_permissions(src.join("usr/bin/ros"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(src.join("usr/bin/ros"), fs::Permissions::from_mode(0o4755)).unwrap();
         fs::hard_link(src.join("usr/bin/ros"), src.join("usr/bin/init")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/ros", src.join("init")).unwrap();
         fs::set_permissions(src.join("usr"), fs::Permissions::from_mode(0o750)).unwrap();
@@ -175,7 +179,7 @@ mod tests {
         let a = fs::metadata(dst.join("usr/bin/ros")).unwrap();
         let b = fs::metadata(dst.join("usr/bin/init")).unwrap();
         assert_eq!(a.ino(), b.ino(), "hard links stay linked");
-        assert_eq!(a.mode() & 0o7777, 0o755);
+        assert_eq!(a.mode() & 0o7777, 0o4755, "set-uid survives");
         assert_eq!(
             fs::metadata(dst.join("usr")).unwrap().mode() & 0o7777,
             0o750
