@@ -23,7 +23,8 @@ pub fn main(args: &[String]) -> Result<()> {
             let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100);
             reconcile(n)
         }
-        _ => bail!("usage: cargo xtask bench pull|start|reconcile [RUNS|SERVICES]"),
+        Some("boot") => crate::os::bench_boot(),
+        _ => bail!("usage: cargo xtask bench pull|start|reconcile|boot [RUNS|SERVICES]"),
     }
 }
 

@@ -39,6 +39,7 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ),
     ("qemu-system-x86", &["/usr/bin/qemu-system-x86_64"]),
     ("openssh-client", &["/usr/bin/ssh"]),
+    ("e2fsprogs", &["/usr/sbin/mkfs.ext4"]),
 ];
 
 fn main() -> ExitCode {
@@ -46,19 +47,20 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup().map(|_| ()),
         Some("test") => test(&args[1..]),
-        Some("run") => run(),
+        Some("run") => setup().and_then(|_| os::boot(&args[1..])),
+        Some("demo") => demo(),
         Some("bench") => bench::main(&args[1..]),
         Some("build") => os::main(&args[1..]),
-        Some("boot") => os::boot(&args[1..]),
         Some("fixtures") => fixtures().map(|f| println!("busybox: {}", f.busybox.display())),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  setup          install the Debian packages the build and tests need\n\
                  test           fmt, clippy, unit and integration tests (root: all of them)\n\
-                 run            build ros and show the image store working on a local registry\n\
-                 build          the bootable OS in dist/ (vmlinuz, initrd, paddock.iso; --smoke boots it)\n\
-                 boot           boot dist/ in QEMU with the serial console here (--iso, --uefi)\n\
+                 run            build the OS and boot it in QEMU, console here, ssh on 127.0.0.1:2222 (--iso, --uefi)\n\
+                 build          the bootable OS in dist/ (vmlinuz, initrd, paddock.iso; --smoke, --boot-test)\n\
+                 demo           the static ros pulling from a real local registry into an image store\n\
+                 bench boot     QEMU start to SSH login, idle memory, smallest -m, sizes\n\
                  bench pull     pull+unpack vs skopeo copy + umoci unpack"
             );
             Err(anyhow::anyhow!("unknown or missing command"))
@@ -182,7 +184,7 @@ fn test(args: &[String]) -> Result<()> {
     if is_root() {
         // The OS build, then QEMU boots of it (kernel + initrd, and the ISO through GRUB).
         eprintln!("xtask: OS build and QEMU boot tests");
-        os::main(&["--smoke".to_owned()])?;
+        os::main(&["--smoke".to_owned(), "--boot-test".to_owned()])?;
     }
     fuzz_briefly()
 }
@@ -266,9 +268,9 @@ pub fn build_ros() -> Result<PathBuf> {
     Ok(root.join("target").join(target).join("release/ros"))
 }
 
-/// Until the OS boots (issue "Bootable Paddock"), `run` shows what exists: the static `ros`
-/// pulling a busybox image from a real local registry into a store, listing and inspecting it.
-fn run() -> Result<()> {
+/// `demo`: the static `ros` pulling a busybox image from a real local registry into a store,
+/// listing and inspecting it.
+fn demo() -> Result<()> {
     setup()?;
     let ros = build_ros()?;
     let fx = fixtures()?;

@@ -310,11 +310,7 @@ pub const IMAGES: &[ImageDef] = &[
             ),
             file("etc/pam.d/common-password", 0o644, PAM_PASSWORD),
         ],
-        cmd: &[
-            "/bin/sh",
-            "-c",
-            CONSOLE_START,
-        ],
+        cmd: &["/bin/sh", "-c", CONSOLE_START],
     },
     ImageDef {
         name: "network",

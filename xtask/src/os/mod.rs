@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod qemu;
 mod smoke;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ use crate::{build_ros, cache_dir, sh, workspace_root};
 pub const STORE: &str = "/usr/share/ros/images";
 
 /// The kernel command line of the ISO (and of `cargo xtask boot`).
-pub const CMDLINE: &str = "console=ttyS0 rancher.autologin=ttyS0 quiet";
+pub const CMDLINE: &str = "console=ttyS0 rancher.autologin=ttyS0 panic=10 quiet";
 
 /// Names `ros` answers to, linked in /usr/bin and /sbin.
 pub const MULTICALL: &[&str] = &[
@@ -195,11 +196,17 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
     }
 
     // initrd
+    let mkfs_pkgs = apt::candidates(
+        &MKFS_PACKAGES
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+    )?;
     let initrd = dist.join("initrd");
     let vmlinuz = dist.join("vmlinuz");
     let key = sha256(
         format!(
-            "{INITRD_FORMAT}{OS_CONFIG}{images_key}{}{:?}{MULTICALL:?}{gzip}",
+            "{INITRD_FORMAT}{OS_CONFIG}{images_key}{}{:?}{MULTICALL:?}{gzip}{mkfs_pkgs:?}",
             k.id,
             kernel::MODULES
         )
@@ -213,7 +220,8 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         let t = Instant::now();
         fs::copy(&k.vmlinuz, &vmlinuz)
             .with_context(|| format!("copying {}", k.vmlinuz.display()))?;
-        let c = initrd_tree(&k, &ros, &store_root, &work.join("modules"))?;
+        let mkfs = mkfs_tools(&mkfs_pkgs, &work.join("mkfs"))?;
+        let c = initrd_tree(&k, &ros, &store_root, &work.join("modules"), &mkfs)?;
         write_cpio(&c, &initrd, gzip)?;
         write_stamp(&initrd_stamp, &key)?;
         eprintln!(
@@ -252,6 +260,7 @@ fn initrd_tree(
     ros: &Path,
     store_root: &Path,
     mods: &Path,
+    mkfs: &Path,
 ) -> Result<cpio::Cpio> {
     let mut c = cpio::Cpio::new();
     for d in [
@@ -292,12 +301,77 @@ fn initrd_tree(
         }
     );
     c.tree("lib/modules", &mods.join("lib/modules"))?;
+    c.tree(MKFS_DIR, mkfs)?;
     let store = store_root.join(STORE.trim_start_matches('/'));
     if !store.is_dir() {
         bail!("{}: the image store was not built", store.display());
     }
     c.tree(STORE, &store)?;
     Ok(c)
+}
+
+/// Where the initrd keeps mke2fs (with its libraries and loader), which `ros init` runs to
+/// format a blank state disk listed in `rancher.state.autoformat`.
+const MKFS_DIR: &str = "usr/lib/paddock/mkfs";
+/// The Debian packages mke2fs comes from, and the files taken from them.
+const MKFS_PACKAGES: &[&str] = &[
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
+    "libblkid1",
+    "libuuid1",
+    "libc6",
+];
+const MKFS_FILES: &[&str] = &[
+    "sbin/mke2fs",
+    "etc/mke2fs.conf",
+    "libext2fs.so.2",
+    "libcom_err.so.2",
+    "libblkid.so.1",
+    "libuuid.so.1",
+    "libe2p.so.2",
+    "libc.so.6",
+    "ld-linux-x86-64.so.2",
+];
+
+/// Stages mke2fs, its config and its libraries (flat, links resolved) from Debian packages.
+fn mkfs_tools(pkgs: &BTreeMap<String, String>, stage: &Path) -> Result<PathBuf> {
+    let debs = apt::download(pkgs)?;
+    let _ = fs::remove_dir_all(stage);
+    fs::create_dir_all(stage)?;
+    let mut roots = vec![];
+    for (p, v) in pkgs {
+        let deb = debs
+            .get(p)
+            .with_context(|| format!("package {p} was not downloaded"))?;
+        roots.push(apt::unpack(p, v, deb)?);
+    }
+    for f in MKFS_FILES {
+        let candidates: Vec<PathBuf> = if f.contains('/') {
+            roots.iter().map(|r| r.join(f)).collect()
+        } else {
+            roots
+                .iter()
+                .flat_map(|r| {
+                    ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64"]
+                        .map(|d| r.join(d).join(f))
+                })
+                .collect()
+        };
+        let src = candidates
+            .iter()
+            .find(|c| c.exists())
+            .with_context(|| format!("{f} is in none of {}", MKFS_PACKAGES.join(", ")))?;
+        let name = Path::new(f).file_name().context("a file name")?;
+        fs::copy(src, stage.join(name)).with_context(|| format!("copying {}", src.display()))?;
+    }
+    Ok(stage.to_path_buf())
+}
+
+/// `cargo xtask bench boot`.
+pub fn bench_boot() -> Result<()> {
+    let dist = build(kernel::Source::Pinned, true)?;
+    boottest::bench(&dist)
 }
 
 pub fn write_cpio(c: &cpio::Cpio, out: &Path, gzip: bool) -> Result<()> {
@@ -384,7 +458,7 @@ pub fn boot(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--iso" => iso = true,
             "--uefi" => uefi = true,
-            _ => bail!("usage: cargo xtask boot [--iso [--uefi]]"),
+            _ => bail!("usage: cargo xtask run [--iso [--uefi]]"),
         }
     }
     let dist = build(kernel::Source::Pinned, true)?;

@@ -43,7 +43,7 @@ pub enum ConfigCmd {
         #[arg(short, long)]
         full: bool,
     },
-    /// Check a cloud-config (FILE, or stdin when piped; with neither, every source on this
+    /// Check a cloud-config (FILE, or text piped in; with neither, every source on this
     /// system). Exits 1 listing every problem with its file, line and key.
     Validate {
         #[arg(short, long, value_name = "FILE")]
@@ -252,14 +252,19 @@ fn export_cmd(
 }
 
 fn validate(ctx: &Context, input: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let problems = if input.is_none() && std::io::stdin().is_terminal() {
-        sources::validate_all(&ctx.root)
-    } else {
-        let (name, text) = read_input(&input)?;
-        match cfg::check_text(&name, &text) {
+    // Without -i, piped text is checked; no text (a terminal, /dev/null, an empty pipe as
+    // under `ssh host ros config validate`) checks every source on this system.
+    let text = match &input {
+        Some(_) => Some(read_input(&input)?),
+        None if std::io::stdin().is_terminal() => None,
+        None => Some(read_input(&None)?).filter(|(_, t)| !t.trim().is_empty()),
+    };
+    let problems = match text {
+        None => sources::validate_all(&ctx.root),
+        Some((name, text)) => match cfg::check_text(&name, &text) {
             Ok(c) => c.problems,
             Err(p) => vec![p],
-        }
+        },
     };
     if problems.is_empty() {
         return Ok(ExitCode::SUCCESS);

@@ -240,10 +240,18 @@ fn mount_state(cfg: &CloudConfig) -> bool {
         .as_ref()
         .map(|l| l.to_string())
         .unwrap_or_else(|| "LABEL=RANCHER_STATE".into());
-    let Some((dev, probe)) = blkid::find(&spec) else {
-        if !cfg.rancher.state.autoformat.is_empty() {
-            log("rancher.state.autoformat: formatting a blank device is not supported yet");
-        }
+    let found = blkid::find(&spec).or_else(|| {
+        let blank = cfg
+            .rancher
+            .state
+            .autoformat
+            .iter()
+            .map(|d| Path::new(d.as_str()).to_path_buf())
+            .find(|d| d.exists() && blkid::is_blank(d))?;
+        autoformat(&blank);
+        blkid::find(&spec)
+    });
+    let Some((dev, probe)) = found else {
         log(format!(
             "no state device ({spec}): running from RAM, nothing will persist across reboots"
         ));
@@ -270,6 +278,32 @@ fn mount_state(cfg: &CloudConfig) -> bool {
     }
     log(format!("state device {} mounted", dev.display()));
     true
+}
+
+/// Where the initrd keeps mke2fs, its libraries and its loader.
+const MKFS_DIR: &str = "/usr/lib/paddock/mkfs";
+
+/// Formats a blank device as the ext4 state partition (`RANCHER_STATE`).
+fn autoformat(dev: &Path) {
+    log(format!(
+        "{} is blank and listed in rancher.state.autoformat: formatting it as the state partition",
+        dev.display()
+    ));
+    let dir = Path::new(MKFS_DIR);
+    let status = Command::new(dir.join("ld-linux-x86-64.so.2"))
+        .arg("--library-path")
+        .arg(dir)
+        .arg(dir.join("mke2fs"))
+        .args(["-q", "-F", "-t", "ext4", "-L", "RANCHER_STATE"])
+        .arg(dev)
+        .env("MKE2FS_CONFIG", dir.join("mke2fs.conf"))
+        .stdin(Stdio::null())
+        .status();
+    match status {
+        Ok(st) if st.success() => log(format!("{} formatted", dev.display())),
+        Ok(st) => log(format!("formatting {}: mke2fs {st}", dev.display())),
+        Err(e) => log(format!("formatting {}: running mke2fs: {e}", dev.display())),
+    }
 }
 
 /// Step 4: cloud-init from the datasources.
