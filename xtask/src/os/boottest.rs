@@ -14,7 +14,9 @@ use super::{CMDLINE, Dist};
 use crate::cache_dir;
 
 const HOSTNAME: &str = "paddock-test";
-const DEFAULT_SERVICES: &[&str] = &["acpid", "console", "network", "ntp", "syslog"];
+const DEFAULT_SERVICES: &[&str] = &["acpid", "console", "network", "ntp", "syslog", "udev"];
+/// One-shot default services: they ran and exited 0.
+const ONE_SHOTS: &[&str] = &["udev-cold"];
 
 fn timeline(vm: &qemu::Vm, ssh_ready: f64) {
     println!("boot timeline (seconds since qemu started):");
@@ -123,6 +125,23 @@ fn services_running(ssh: &Ssh) -> Result<()> {
             );
         }
     }
+    let all = ssh.ok("sudo system-docker ps -a --format json")?;
+    let list: serde_json::Value = serde_json::from_str(&all).context("system-docker ps -a json")?;
+    for s in ONE_SHOTS {
+        let c = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["Names"][0].as_str() == Some(&format!("/{s}")))
+            .with_context(|| format!("one-shot service {s} was not created"))?;
+        ensure!(
+            c["State"] == "exited"
+                && c["Status"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Exited (0)")),
+            "one-shot service {s} did not exit 0: {c}"
+        );
+    }
     Ok(())
 }
 
@@ -181,7 +200,9 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
          write_files:\n\
          - path: /home/rancher/hello.txt\n  permissions: \"0640\"\n  owner: rancher\n  content: hello from write_files\n\
          runcmd:\n\
-         - echo runcmd ran > /home/rancher/runcmd.txt\n"
+         - echo runcmd ran > /home/rancher/runcmd.txt\n\
+         mounts:\n\
+         - [tmpfs, /mnt/scratch, tmpfs, \"size=8m,mode=0700\"]\n"
     );
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-boottest", HOSTNAME).iso(&seed)?;
@@ -224,6 +245,20 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
                     .iter()
                     .any(|(_, l)| l.contains("/dev/vda formatted")),
                 "the blank state disk was not formatted at boot"
+            );
+            // The cloud-config's mounts, in the host's mount namespace (PID 1's).
+            let mounts = ssh.ok("sudo cat /proc/1/mounts")?;
+            ensure!(
+                mounts
+                    .lines()
+                    .any(|l| l.starts_with("tmpfs /mnt/scratch tmpfs") && l.contains("size=8192k")),
+                "mounts: /mnt/scratch is not mounted: {mounts}"
+            );
+            // rancher.autologin=ttyS0: the serial getty logged rancher in (login owns the tty).
+            let tty_owner = ssh.ok("stat -c %U /dev/ttyS0")?;
+            ensure!(
+                tty_owner.trim() == "rancher",
+                "no autologin on ttyS0 (owner {tty_owner:?})"
             );
             // What must survive a reboot, and what must not.
             ssh.ok("echo kept > /home/rancher/kept.txt")?;

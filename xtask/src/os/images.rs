@@ -160,7 +160,12 @@ const PAM_PASSWORD: &str = "password\t[success=1 default=ignore]\tpam_unix.so ob
 const CONSOLE_START: &str = "set -e; mkdir -p /run/sshd /var/lib/rancher/ssh; \
 for t in ed25519 rsa; do k=/var/lib/rancher/ssh/ssh_host_${t}_key; \
 [ -s $k ] || ssh-keygen -q -t $t -N '' -f $k; done; \
+for a in $(cat /proc/cmdline); do case $a in rancher.autologin=*) t=${a#*=}; \
+[ -c /dev/$t ] && (while :; do setsid getty -n -l /usr/lib/paddock/autologin 115200 $t vt100; \
+sleep 1; done) & ;; esac; done; \
 exec /usr/sbin/sshd -D -e";
+/// What the serial getty runs instead of asking for a name: a login shell for rancher.
+const AUTOLOGIN: &str = "#!/bin/sh\nexec login -f rancher\n";
 
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 # udhcpc event script (Paddock network image): addresses, default route, resolv.conf.
@@ -309,6 +314,7 @@ pub const IMAGES: &[ImageDef] = &[
                 PAM_SESSION,
             ),
             file("etc/pam.d/common-password", 0o644, PAM_PASSWORD),
+            file("usr/lib/paddock/autologin", 0o755, AUTOLOGIN),
         ],
         cmd: &["/bin/sh", "-c", CONSOLE_START],
     },

@@ -2,20 +2,22 @@
 //! then supervises and shuts down.
 //!
 //! The boot, in order (each step logs a timestamped `paddock:` line on the console):
+//! 0. leave the initramfs for a tmpfs root ([`switchroot`]), re-executing `/init` there;
 //! 1. mount /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and the cgroup2 hierarchy;
 //! 2. load the built-in module list by name (through `modules.dep`);
-//! 3. mount the state device (`rancher.state.dev`, default `LABEL=RANCHER_STATE`) at /state
-//!    and bind its directories over /home, /var/lib/rancher, /var/lib/system-docker, /opt,
+//! 3. mount the state device (`rancher.state.dev`, default `LABEL=RANCHER_STATE`; a blank
+//!    device listed in `rancher.state.autoformat` is formatted first) at /state and bind its directories over /home, /var/lib/rancher, /var/lib/system-docker, /opt,
 //!    /var/log; without one, say that nothing persists and run from RAM;
 //! 4. cloud-init: a NoCloud (`cidata`) or config drive (`config-2`) is found by its label and
 //!    mounted; the configured datasources are read and their user data saved;
 //! 5. load the merged config (a broken file is reported and skipped, never fatal), load
-//!    `rancher.modules`, set the hostname, write `ssh_authorized_keys` and sysctls;
+//!    `rancher.modules`, set the hostname, /etc/hosts and /etc/resolv.conf, write
+//!    `ssh_authorized_keys`, sysctls and `mounts`;
 //! 6. start the system engine (`system-dockerd`, restarted if it dies) on
 //!    /var/lib/system-docker, whose image store is the one shipped in the initrd, used in
 //!    place;
-//! 7. bring up the system services (`ros service up`), then write_files and runcmd in their
-//!    containers;
+//! 7. remove last boot's system containers (createonly ones stay), bring up the system
+//!    services (`ros service up`), then write_files and runcmd in their containers;
 //! 8. wait for signals: SIGTERM/SIGINT reboot, SIGUSR2/SIGPWR power off, SIGUSR1 halts (the
 //!    busybox convention, so `poweroff` from the console works). Shutdown stops services in
 //!    reverse order with the console last, within `rancher.shutdown_timeout`, then syncs,
@@ -419,6 +421,62 @@ fn apply_config(cfg: &CloudConfig) {
     }
 }
 
+/// Mount flags for the option words `mount(8)` takes; the others go to the filesystem.
+fn mount_options(options: &str) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = vec![];
+    for o in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        match o {
+            "defaults" | "rw" | "auto" | "nofail" => {}
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// The cloud-config's `mounts`: `[device, mountpoint, fstype, options]`, the device a path or
+/// `LABEL=`; fstype `auto` (or none) is probed.
+fn apply_mounts(cfg: &CloudConfig) {
+    for m in &cfg.mounts {
+        let target = m.mountpoint.as_str();
+        let found = blkid::find(m.device.as_str());
+        let fstype = match m.fstype.as_ref().map(|f| f.as_str()) {
+            Some(f) if f != "auto" => f.to_owned(),
+            _ => match &found {
+                Some((_, p)) => p.fstype.to_owned(),
+                None => {
+                    log(format!("mounts: {}: no such device", m.device));
+                    continue;
+                }
+            },
+        };
+        let source = found
+            .map(|(d, _)| d.display().to_string())
+            .unwrap_or_else(|| m.device.to_string());
+        let (flags, data) = mount_options(m.options.as_ref().map_or("", |o| o.as_str()));
+        let _ = fs::create_dir_all(target);
+        match mount(
+            Some(source.as_str()),
+            target,
+            Some(fstype.as_str()),
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        ) {
+            Ok(()) => log(format!("mounts: {source} ({fstype}) on {target}")),
+            Err(e) => log(format!("mounts: {source} on {target}: {e}")),
+        }
+    }
+}
+
 /// The console's `rancher` user (uid/gid 1100) logs in with these keys.
 fn write_keys(keys: &[String]) -> std::io::Result<()> {
     let ssh = Path::new("/home/rancher/.ssh");
@@ -742,6 +800,7 @@ pub fn main() -> i32 {
     let extra: Vec<String> = cfg.rancher.modules.iter().map(|m| m.to_string()).collect();
     load_modules(extra.iter().map(String::as_str));
     apply_config(&cfg);
+    apply_mounts(&cfg);
     log("config applied");
 
     let reaper = Reaper::start();
@@ -811,5 +870,19 @@ pub fn request(action: PowerAction) -> i32 {
             eprintln!("{action:?}: signalling process 1: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let (flags, data) = mount_options("defaults,ro,noatime,size=10m,mode=0755");
+        assert_eq!(flags, MsFlags::MS_RDONLY | MsFlags::MS_NOATIME);
+        assert_eq!(data, "size=10m,mode=0755");
+        let (flags, data) = mount_options("");
+        assert!(flags.is_empty() && data.is_empty());
     }
 }
