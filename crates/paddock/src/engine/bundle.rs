@@ -495,7 +495,7 @@ pub fn runtime_spec(
         "namespaces": namespaces,
         "resources": resources,
         "devices": devices,
-        "cgroupsPath": format!("/system-docker/{id}"),
+        "cgroupsPath": format!("/{CGROUP_PARENT}/{id}"),
     });
     if !spec.privileged {
         linux["maskedPaths"] = json!(MASKED);
@@ -515,6 +515,9 @@ pub fn runtime_spec(
     }
     Ok(out)
 }
+
+/// The cgroup under which every container's cgroup is made.
+pub const CGROUP_PARENT: &str = "system-docker";
 
 #[cfg(test)]
 mod tests {

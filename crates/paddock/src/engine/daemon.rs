@@ -204,6 +204,12 @@ impl Engine {
             let p = cfg.data_dir.join(d);
             fs::create_dir_all(&p).map_err(|e| internal(p.display(), e))?;
         }
+        // The runtime creates each missing level of a cgroup path with create_dir, so two
+        // containers starting at once race on the shared parent: make it first (cgroup v2).
+        let unified = Path::new("/sys/fs/cgroup");
+        if unified.join("cgroup.controllers").exists() {
+            let _ = fs::create_dir(unified.join(super::bundle::CGROUP_PARENT));
+        }
         let engine = Engine {
             inner: Arc::new(Inner {
                 cfg,
