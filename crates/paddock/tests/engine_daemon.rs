@@ -293,6 +293,18 @@ fn host_dev_for_privileged_services_and_dev_volumes() {
         seen.status.success(),
         "the new host device is not visible in the container: {seen:?}"
     );
+    // Terminals where /dev is the host's: `system-docker exec -it console sh`.
+    let host = format!("unix://{}", d.sock().display());
+    let out = in_terminal(
+        &format!("docker -H {host} exec -it watcher sh -c 'tty; echo tty-ok'"),
+        "",
+    );
+    assert!(out.contains("/dev/pts/") && out.contains("tty-ok"), "{out}");
+    let out = in_terminal(
+        &format!("docker -H {host} run --rm -t --privileged --network host bb:1 tty"),
+        "",
+    );
+    assert!(out.contains("/dev/pts/"), "{out}");
     d.ok(&["rm", "-f", "watcher"]);
     let ptmx_after = std::fs::symlink_metadata("/dev/ptmx").unwrap();
     assert!(

@@ -283,14 +283,53 @@ fn verify_pty_slave(slave: &OwnedFd) -> Result<()> {
 /// exists within the container's namespace, which is required for CRIU checkpoint.
 ///
 /// See: https://github.com/opencontainers/runc/blob/v1.4.0/libcontainer/rootfs_linux.go
+/// Paddock patch: opens the pair through /dev/pts/ptmx itself. Where the container has the
+/// host's /dev bound (privileged system services), /dev/ptmx is devtmpfs's node, not a link
+/// into devpts, and a master opened there fails `verify_ptmx_handle`. None: fall back to
+/// openpty(3).
+fn open_devpts_pair() -> Option<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/pts/ptmx")
+        .ok()?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one c_int from the pointer, which lives across the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return None;
+    }
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nothing else.
+    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    Some((master, slave))
+}
+
 pub fn setup_console(syscall: &dyn Syscall, console_fd: RawFd, mount: bool) -> Result<()> {
     // Create PTY pair from /dev/pts/ptmx
     // After pivot_root, /dev/pts points to the container's devpts
-    let openpty_result = nix::pty::openpty(None, None)
-        .map_err(|err| TTYError::CreatePseudoTerminal { source: err })?;
-
-    let master = &openpty_result.master;
-    let slave = &openpty_result.slave;
+    let (master, slave) = match open_devpts_pair() {
+        Some(pair) => pair,
+        None => {
+            let r = nix::pty::openpty(None, None)
+                .map_err(|err| TTYError::CreatePseudoTerminal { source: err })?;
+            (r.master, r.slave)
+        }
+    };
+    let master = &master;
+    let slave = &slave;
 
     // Verify both master and slave are real PTY devices (CVE-2025-52565 mitigation)
     verify_ptmx_handle(master)?;

@@ -66,6 +66,18 @@ struct Guest {
 }
 
 impl Guest {
+    fn new(dir: &Path, key: &Path, boot: Boot, disks: Vec<PathBuf>) -> Result<Guest> {
+        Ok(Guest {
+            dir: dir.to_path_buf(),
+            key: key.to_path_buf(),
+            port: qemu::free_port()?,
+            boot,
+            disks,
+            boots: 0,
+            memory_mb: 1024,
+        })
+    }
+
     /// Boots and waits until `rancher` can log in over SSH.
     fn boot(&mut self, what: &str) -> Result<(qemu::Vm, Ssh)> {
         self.boots += 1;
@@ -86,6 +98,13 @@ impl Guest {
         match ready {
             Ok(ssh) => {
                 let t = t0.elapsed().as_secs_f64();
+                // Containers need pivot_root: init must have left the initramfs.
+                ensure!(
+                    vm.lines()
+                        .iter()
+                        .any(|(_, l)| l.contains("root on a tmpfs")),
+                    "{what}: init did not move to a tmpfs root"
+                );
                 println!("boot test ({what}): ssh as rancher answered {t:.1}s after qemu started");
                 timeline(&vm, t);
                 Ok((vm, ssh))
@@ -209,15 +228,7 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
     // Blank: the first boot formats it (rancher.state.autoformat lists /dev/vda).
     let state = dir.join("state.img");
     qemu::blank_disk(&state, 512)?;
-    let mut g = Guest {
-        dir: dir.to_path_buf(),
-        key: key.to_path_buf(),
-        port: qemu::free_port()?,
-        boot,
-        disks: vec![state, seed],
-        boots: 0,
-        memory_mb: 1024,
-    };
+    let mut g = Guest::new(dir, key, boot, vec![state, seed])?;
 
     let (mut vm, ssh) = g.boot("first boot")?;
     let first_key = with_vm(
@@ -291,7 +302,7 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
                 "/var/lib/rancher was lost"
             );
             ensure!(
-                !ssh.run("test -e /etc/console-change")?.status.success(),
+                ssh.run("test -e /etc/console-change")?.status.code() == Some(1),
                 "a change to the console's /etc survived the reboot"
             );
             ensure!(
@@ -347,15 +358,7 @@ fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()>
             ),
         ],
     )?;
-    let mut g = Guest {
-        dir: dir.to_path_buf(),
-        key: key.to_path_buf(),
-        port: qemu::free_port()?,
-        boot,
-        disks: vec![state, seed],
-        boots: 0,
-        memory_mb: 1024,
-    };
+    let mut g = Guest::new(dir, key, boot, vec![state, seed])?;
     let (mut vm, ssh) = g.boot("broken config, ISO")?;
     with_vm(
         &vm,
@@ -406,15 +409,7 @@ pub fn bench(dist: &Dist) -> Result<()> {
         initrd: dist.initrd.clone(),
         append: CMDLINE.to_owned(),
     };
-    let mut g = Guest {
-        dir: dir.clone(),
-        key: key.clone(),
-        port: qemu::free_port()?,
-        boot,
-        disks: vec![state, seed],
-        boots: 0,
-        memory_mb: 1024,
-    };
+    let mut g = Guest::new(&dir, &key, boot, vec![state, seed])?;
     let mut rows: Vec<(String, String, &str)> = vec![];
     let mut idle = String::new();
     for which in ["first boot (blank state disk)", "second boot"] {

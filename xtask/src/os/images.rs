@@ -159,7 +159,7 @@ const PAM_PASSWORD: &str = "password\t[success=1 default=ignore]\tpam_unix.so ob
 /// (/var/lib/rancher), then sshd; a serial getty when `rancher.autologin` names a port.
 const CONSOLE_START: &str = "set -e; mkdir -p /run/sshd /var/lib/rancher/ssh; \
 for t in ed25519 rsa; do k=/var/lib/rancher/ssh/ssh_host_${t}_key; \
-[ -s $k ] || ssh-keygen -q -t $t -N '' -f $k; done; \
+[ -s $k ] || { rm -f $k $k.pub; ssh-keygen -q -t $t -N '' -f $k; }; done; \
 for a in $(cat /proc/cmdline); do case $a in rancher.autologin=*) t=${a#*=}; \
 [ -c /dev/$t ] && (while :; do setsid getty -n -l /usr/lib/paddock/autologin 115200 $t vt100; \
 sleep 1; done) & ;; esac; done; \

@@ -187,6 +187,19 @@ fn set(ctx: &Context, key: &str, value: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What stdin holds, if it ends within half a second (a pipe from an interactive ssh session
+/// may never end; then there is no piped text).
+fn piped_text() -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = tx.send(std::io::stdin().read_to_string(&mut text).map(|_| text));
+    });
+    rx.recv_timeout(std::time::Duration::from_millis(500))
+        .ok()?
+        .ok()
+}
+
 fn read_input(input: &Option<PathBuf>) -> anyhow::Result<(String, String)> {
     match input {
         Some(p) if p.as_os_str() != "-" => {
@@ -252,12 +265,15 @@ fn export_cmd(
 }
 
 fn validate(ctx: &Context, input: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    // Without -i, piped text is checked; no text (a terminal, /dev/null, an empty pipe as
-    // under `ssh host ros config validate`) checks every source on this system.
+    // Without -i, piped text is checked; no text (a terminal, /dev/null, an empty pipe or one
+    // nothing is written to, as under `ssh host ros config validate`) checks every source on
+    // this system.
     let text = match &input {
         Some(_) => Some(read_input(&input)?),
         None if std::io::stdin().is_terminal() => None,
-        None => Some(read_input(&None)?).filter(|(_, t)| !t.trim().is_empty()),
+        None => piped_text()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| ("<stdin>".to_owned(), t)),
     };
     let problems = match text {
         None => sources::validate_all(&ctx.root),

@@ -250,8 +250,9 @@ fn mount_state(cfg: &CloudConfig) -> bool {
             .iter()
             .map(|d| Path::new(d.as_str()).to_path_buf())
             .find(|d| d.exists() && blkid::is_blank(d))?;
-        autoformat(&blank);
-        blkid::find(&spec)
+        let label = spec.strip_prefix("LABEL=").unwrap_or("RANCHER_STATE");
+        autoformat(&blank, label);
+        blkid::find(&spec).or_else(|| blkid::find(&format!("LABEL={label}")))
     });
     let Some((dev, probe)) = found else {
         log(format!(
@@ -285,8 +286,8 @@ fn mount_state(cfg: &CloudConfig) -> bool {
 /// Where the initrd keeps mke2fs, its libraries and its loader.
 const MKFS_DIR: &str = "/usr/lib/paddock/mkfs";
 
-/// Formats a blank device as the ext4 state partition (`RANCHER_STATE`).
-fn autoformat(dev: &Path) {
+/// Formats a blank device as the ext4 state partition labelled `label`.
+fn autoformat(dev: &Path, label: &str) {
     log(format!(
         "{} is blank and listed in rancher.state.autoformat: formatting it as the state partition",
         dev.display()
@@ -296,7 +297,7 @@ fn autoformat(dev: &Path) {
         .arg("--library-path")
         .arg(dir)
         .arg(dir.join("mke2fs"))
-        .args(["-q", "-F", "-t", "ext4", "-L", "RANCHER_STATE"])
+        .args(["-q", "-F", "-t", "ext4", "-L", label])
         .arg(dev)
         .env("MKE2FS_CONFIG", dir.join("mke2fs.conf"))
         .stdin(Stdio::null())
@@ -427,7 +428,10 @@ fn mount_options(options: &str) -> (MsFlags, String) {
     let mut data = vec![];
     for o in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         match o {
-            "defaults" | "rw" | "auto" | "nofail" => {}
+            "defaults" | "rw" | "auto" | "nofail" | "exec" | "suid" | "dev" | "async"
+            | "_netdev" => {}
+            o if o.starts_with("x-") => {}
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
             "ro" => flags |= MsFlags::MS_RDONLY,
             "nosuid" => flags |= MsFlags::MS_NOSUID,
             "nodev" => flags |= MsFlags::MS_NODEV,
@@ -462,7 +466,11 @@ fn apply_mounts(cfg: &CloudConfig) {
         let source = found
             .map(|(d, _)| d.display().to_string())
             .unwrap_or_else(|| m.device.to_string());
-        let (flags, data) = mount_options(m.options.as_ref().map_or("", |o| o.as_str()));
+        let options = m.options.as_ref().map_or("", |o| o.as_str());
+        if options.split(',').any(|o| o.trim() == "noauto") {
+            continue;
+        }
+        let (flags, data) = mount_options(options);
         let _ = fs::create_dir_all(target);
         match mount(
             Some(source.as_str()),
@@ -549,8 +557,9 @@ fn ros(reaper: &Reaper, args: &[&str]) -> i32 {
     }
 }
 
-/// System containers live for one boot: what a service changed outside its volumes is gone
-/// after a reboot (volume containers, `io.rancher.os.createonly`, are kept with their data).
+/// System containers live for one boot: what a service changed outside its bind mounts and
+/// named volumes is gone after a reboot, anonymous volumes included (volume containers,
+/// `io.rancher.os.createonly`, are kept with their data).
 fn fresh_system_containers() {
     let Ok(client) = Client::new(&format!("unix://{ENGINE_SOCKET}")) else {
         return;
@@ -563,10 +572,8 @@ fn fresh_system_containers() {
         return;
     };
     for c in list {
-        let keep = c
-            .labels
-            .get(crate::service::labels::CREATE_ONLY)
-            .is_some_and(|v| v == "true");
+        let keep =
+            crate::service::labels::is_true(c.labels.get(crate::service::labels::CREATE_ONLY));
         if !keep && let Err(e) = client.remove(&c.id, true) {
             log(format!("removing last boot's container {}: {e}", c.id));
         }
@@ -738,6 +745,7 @@ fn shutdown(action: PowerAction, cfg: &CloudConfig, engine_pid: Option<i32>) {
         for p in points {
             if p.starts_with("/state")
                 || p.starts_with("/media")
+                || cfg.mounts.iter().any(|m| m.mountpoint.as_str() == p)
                 || PERSISTENT.iter().any(|d| p == format!("/{d}"))
             {
                 let _ = umount2(p, MntFlags::MNT_DETACH);
@@ -879,7 +887,8 @@ mod tests {
 
     #[test]
     fn mount_options_split_into_flags_and_data() {
-        let (flags, data) = mount_options("defaults,ro,noatime,size=10m,mode=0755");
+        let (flags, data) =
+            mount_options("defaults,ro,noatime,size=10m,x-systemd.automount,mode=0755");
         assert_eq!(flags, MsFlags::MS_RDONLY | MsFlags::MS_NOATIME);
         assert_eq!(data, "size=10m,mode=0755");
         let (flags, data) = mount_options("");

@@ -52,7 +52,17 @@ pub fn to_tmpfs() -> String {
     }
     let mut links = HashMap::new();
     let mut problems = Vec::new();
-    move_dir(Path::new("/"), new_root, &mut links, &mut problems);
+    // Only the initramfs moves: anything mounted on it (a /proc, a /dev) stays where it is.
+    match fs::symlink_metadata("/") {
+        Ok(md) => move_dir(
+            Path::new("/"),
+            new_root,
+            md.dev(),
+            &mut links,
+            &mut problems,
+        ),
+        Err(e) => return format!("reading /: {e}"),
+    }
     for p in problems.iter().take(5) {
         super::log(format!("moving the initramfs: {p}"));
     }
@@ -81,6 +91,7 @@ pub fn to_tmpfs() -> String {
 fn move_dir(
     src: &Path,
     dst: &Path,
+    dev: u64,
     links: &mut HashMap<(u64, u64), PathBuf>,
     problems: &mut Vec<String>,
 ) {
@@ -97,7 +108,7 @@ fn move_dir(
             continue;
         }
         let to = dst.join(entry.file_name());
-        if let Err(e) = move_entry(&from, &to, links, problems) {
+        if let Err(e) = move_entry(&from, &to, dev, links, problems) {
             problems.push(format!("{}: {e}", from.display()));
         }
     }
@@ -106,14 +117,22 @@ fn move_dir(
 fn move_entry(
     from: &Path,
     to: &Path,
+    dev: u64,
     links: &mut HashMap<(u64, u64), PathBuf>,
     problems: &mut Vec<String>,
 ) -> std::io::Result<()> {
     let md = fs::symlink_metadata(from)?;
     let ft = md.file_type();
+    if md.dev() != dev {
+        // A mount point: recreate the directory, leave its contents alone.
+        if ft.is_dir() {
+            fs::create_dir(to)?;
+        }
+        return Ok(());
+    }
     if ft.is_dir() {
         fs::create_dir(to)?;
-        move_dir(from, to, links, problems);
+        move_dir(from, to, dev, links, problems);
         // Owner before mode: chown clears the set-id bits.
         lchown(to, Some(md.uid()), Some(md.gid()))?;
         fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
@@ -174,7 +193,8 @@ mod tests {
         fs::set_permissions(src.join("usr"), fs::Permissions::from_mode(0o750)).unwrap();
         let mut links = HashMap::new();
         let mut problems = vec![];
-        move_dir(&src, &dst, &mut links, &mut problems);
+        let dev = fs::metadata(&src).unwrap().dev();
+        move_dir(&src, &dst, dev, &mut links, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(fs::read(dst.join("usr/bin/ros")).unwrap(), b"elf");
         let a = fs::metadata(dst.join("usr/bin/ros")).unwrap();

@@ -88,7 +88,7 @@ pub struct RosLabels {
     pub rebuild_raw: Option<String>,
 }
 
-fn is_true(v: Option<&String>) -> bool {
+pub(crate) fn is_true(v: Option<&String>) -> bool {
     v.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
