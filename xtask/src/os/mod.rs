@@ -33,7 +33,7 @@ use crate::{build_ros, cache_dir, sh, workspace_root};
 /// Where the image store lives in the initrd (a `ros` data root).
 pub const STORE: &str = "/usr/share/ros/images";
 
-/// The kernel command line of the ISO (and of `cargo xtask boot`).
+/// The kernel command line of the ISO (and of `cargo xtask run`).
 pub const CMDLINE: &str = "console=ttyS0 rancher.autologin=ttyS0 panic=10 quiet";
 
 /// Names `ros` answers to, linked in /usr/bin and /sbin.
@@ -448,7 +448,7 @@ fn sha256sums(dist: &Path, names: &[&str]) -> Result<()> {
     )))
 }
 
-/// `cargo xtask boot [--iso [--uefi]]`: builds if needed and boots the OS in QEMU with the
+/// `cargo xtask run [--iso [--uefi]]`: builds if needed and boots the OS in QEMU with the
 /// serial console on this terminal, a NoCloud drive carrying your SSH key (one is generated
 /// under target/ if you have none), a state disk, and 127.0.0.1:2222 (or a free port) -> 22.
 /// This is what `cargo xtask run` becomes once `ros init` boots.
