@@ -186,18 +186,29 @@ fn with_vm<T>(vm: &qemu::Vm, r: Result<T>) -> Result<T> {
     r
 }
 
-pub fn run(dist: &Dist) -> Result<()> {
+/// An empty working directory under the cache, with a fresh SSH key pair in it; returns the
+/// directory, the private key and the public key line.
+fn workdir(name: &str) -> Result<(PathBuf, PathBuf, String)> {
     qemu::ensure_tools(false)?;
-    let dir = cache_dir().join("os/boottest");
+    let dir = cache_dir().join("os").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     let key = dir.join("id_ed25519");
     let pubkey = qemu::ssh_keygen(&key)?;
-    let kernel = Boot::Kernel {
+    Ok((dir, key, pubkey))
+}
+
+fn kernel_boot(dist: &Dist) -> Boot {
+    Boot::Kernel {
         kernel: dist.vmlinuz.clone(),
         initrd: dist.initrd.clone(),
         append: CMDLINE.to_owned(),
-    };
+    }
+}
+
+pub fn run(dist: &Dist) -> Result<()> {
+    let (dir, key, pubkey) = workdir("boottest")?;
+    let kernel = kernel_boot(dist);
     lifecycle(&dir.join("lifecycle"), &key, &pubkey, kernel)
         .context("boot test: boot, reboot, poweroff")?;
     let iso = Boot::Cdrom {
@@ -393,22 +404,13 @@ fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()>
 /// then a second boot), the userspace part, idle memory, the smallest `-m` that reaches SSH,
 /// and the sizes; beside RancherOS's published figures (../shared/reference/rancheros.md §4).
 pub fn bench(dist: &Dist) -> Result<()> {
-    qemu::ensure_tools(false)?;
-    let dir = cache_dir().join("os/bench-boot");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir)?;
-    let key = dir.join("id_ed25519");
-    let pubkey = qemu::ssh_keygen(&key)?;
+    let (dir, key, pubkey) = workdir("bench-boot")?;
     let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n");
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-bench", "paddock").iso(&seed)?;
     let state = dir.join("state.img");
     qemu::blank_disk(&state, 512)?;
-    let boot = Boot::Kernel {
-        kernel: dist.vmlinuz.clone(),
-        initrd: dist.initrd.clone(),
-        append: CMDLINE.to_owned(),
-    };
+    let boot = kernel_boot(dist);
     let mut g = Guest::new(&dir, &key, boot, vec![state, seed])?;
     let mut rows: Vec<(String, String, &str)> = vec![];
     let mut idle = String::new();

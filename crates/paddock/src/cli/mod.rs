@@ -103,9 +103,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     // The shim logs errors only (to its shim.log): the runtime's reasons for a failed start,
     // which the engine attaches to the start error. The exec helper's stderr is the user's.
     let level = match cli.command {
-        Command::Shim { .. } => Some(ERRORS_ONLY),
-        Command::Exec { .. } => None,
-        _ => Some(cli.verbose),
+        Command::Shim { .. } => "error",
+        Command::Exec { .. } => "off",
+        _ => verbosity(cli.verbose),
     };
     init_logging(level);
     let ctx = Context {
@@ -155,7 +155,7 @@ fn daemon_main(args: Vec<OsString>) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    init_logging(Some(a.debug + 1));
+    init_logging(verbosity(a.debug + 1));
     match dockerd::run(a) {
         Ok(c) => c,
         Err(e) => {
@@ -165,18 +165,18 @@ fn daemon_main(args: Vec<OsString>) -> ExitCode {
     }
 }
 
-/// `init_logging` level that shows errors only.
-const ERRORS_ONLY: u8 = u8::MAX;
+/// The log level for `-v` given `verbose` times.
+fn verbosity(verbose: u8) -> &'static str {
+    match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    }
+}
 
-fn init_logging(verbose: Option<u8>) {
-    let level = match verbose {
-        None => "off",
-        Some(ERRORS_ONLY) => "error",
-        Some(0) => "warn",
-        Some(1) => "info",
-        Some(2) => "debug",
-        Some(_) => "trace",
-    };
+/// Logs at `level` (a tracing filter), unless `ROS_LOG` says otherwise.
+fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()

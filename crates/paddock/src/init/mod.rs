@@ -557,18 +557,23 @@ fn ros(reaper: &Reaper, args: &[&str]) -> i32 {
     }
 }
 
-/// System containers live for one boot: what a service changed outside its bind mounts and
-/// named volumes is gone after a reboot, anonymous volumes included (volume containers,
-/// `io.rancher.os.createonly`, are kept with their data).
-fn fresh_system_containers() {
-    let Ok(client) = Client::new(&format!("unix://{ENGINE_SOCKET}")) else {
-        return;
-    };
+/// The engine's client and the system services' containers (compose project `os`); `all`
+/// includes stopped ones. None when the engine does not answer.
+fn os_containers(all: bool) -> Option<(Client, Vec<crate::engine::api::types::ContainerSummary>)> {
+    let client = Client::new(&format!("unix://{ENGINE_SOCKET}")).ok()?;
     let filter = [(
         "label".to_owned(),
         "com.docker.compose.project=os".to_owned(),
     )];
-    let Ok(list) = client.containers(true, &filter) else {
+    let list = client.containers(all, &filter).ok()?;
+    Some((client, list))
+}
+
+/// System containers live for one boot: what a service changed outside its bind mounts and
+/// named volumes is gone after a reboot, anonymous volumes included (volume containers,
+/// `io.rancher.os.createonly`, are kept with their data).
+fn fresh_system_containers() {
+    let Some((client, list)) = os_containers(true) else {
         return;
     };
     for c in list {
@@ -696,36 +701,30 @@ impl PowerAction {
 fn shutdown(action: PowerAction, cfg: &CloudConfig, engine_pid: Option<i32>) {
     log(format!("{action:?}: stopping system services"));
     let timeout = cfg.rancher.shutdown_timeout.map(|s| s.0).unwrap_or(60);
-    if let Ok(client) = Client::new(&format!("unix://{ENGINE_SOCKET}")) {
-        let filter = [(
-            "label".to_owned(),
-            "com.docker.compose.project=os".to_owned(),
-        )];
-        if let Ok(list) = client.containers(false, &filter) {
-            let name = |c: &crate::engine::api::types::ContainerSummary| {
-                c.names
-                    .first()
-                    .map(|n| n.trim_start_matches('/').to_owned())
-                    .unwrap_or_default()
-            };
-            let per = (timeout / 2).max(1);
-            let (console, rest): (Vec<_>, Vec<_>) = list.into_iter().partition(|c| {
-                c.labels.contains_key("io.rancher.os.console") || name(c) == "console"
+    if let Some((client, list)) = os_containers(false) {
+        let name = |c: &crate::engine::api::types::ContainerSummary| {
+            c.names
+                .first()
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default()
+        };
+        let per = (timeout / 2).max(1);
+        let (console, rest): (Vec<_>, Vec<_>) = list
+            .into_iter()
+            .partition(|c| c.labels.contains_key("io.rancher.os.console") || name(c) == "console");
+        for group in [rest, console] {
+            std::thread::scope(|s| {
+                for c in &group {
+                    let client = client.clone();
+                    s.spawn(move || {
+                        let n = name(c);
+                        match client.verb(&c.id, "stop", &format!("t={per}")) {
+                            Ok(()) => log(format!("stopped {n}")),
+                            Err(e) => log(format!("stopping {n}: {e}")),
+                        }
+                    });
+                }
             });
-            for group in [rest, console] {
-                std::thread::scope(|s| {
-                    for c in &group {
-                        let client = client.clone();
-                        s.spawn(move || {
-                            let n = name(c);
-                            match client.verb(&c.id, "stop", &format!("t={per}")) {
-                                Ok(()) => log(format!("stopped {n}")),
-                                Err(e) => log(format!("stopping {n}: {e}")),
-                            }
-                        });
-                    }
-                });
-            }
         }
     }
     if let Some(pid) = engine_pid {
