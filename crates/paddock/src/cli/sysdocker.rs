@@ -447,12 +447,8 @@ fn run(a: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let logs = c.logs(&id, true, None, to_terminal);
-            let code = match c.wait(&id) {
-                Ok(code) => code,
-                // Removed already (--rm): the logs ended with it.
-                Err(e) if e.status() == Some(404) => 0,
-                Err(e) => return Err(e.into()),
-            };
+            // With --rm the engine keeps the exit code of a container it just removed.
+            let code = c.wait_for(&id, if rm { "removed" } else { "not-running" })?;
             logs?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }

@@ -374,9 +374,14 @@ impl Client {
     }
 
     pub fn wait(&self, id: &str) -> Result<i64, ClientError> {
+        self.wait_for(id, "not-running")
+    }
+
+    /// Waits for `condition`: `not-running`, `next-exit` or `removed`.
+    pub fn wait_for(&self, id: &str, condition: &str) -> Result<i64, ClientError> {
         let r: WaitResponse = self.json(
             "POST",
-            &format!("/containers/{}/wait", enc(id)),
+            &format!("/containers/{}/wait?condition={condition}", enc(id)),
             None::<&()>,
         )?;
         Ok(r.status_code)

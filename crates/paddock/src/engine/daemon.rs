@@ -154,6 +154,8 @@ struct Inner {
     reaper: Reaper,
     /// Attached clients per container: auto-removal waits for them to read the last output.
     attached: Mutex<BTreeMap<String, usize>>,
+    /// Last exit codes of recently removed containers, for waiters that wake after the removal.
+    removed: Mutex<std::collections::VecDeque<(String, i32)>>,
     execs: super::exec::ExecTable,
 }
 
@@ -218,6 +220,7 @@ impl Engine {
                 changed: Condvar::new(),
                 reaper: Reaper::start(),
                 attached: Mutex::new(BTreeMap::new()),
+                removed: Mutex::new(std::collections::VecDeque::new()),
                 execs: super::exec::ExecTable::default(),
             }),
         };
@@ -540,8 +543,8 @@ impl Engine {
                 rec.exit_code = 128;
                 rec.error = e.to_string();
                 self.persist(rec);
-                drop(m);
                 self.unmount(&id);
+                drop(m);
                 self.inner.changed.notify_all();
                 Err(e)
             }
@@ -728,6 +731,11 @@ impl Engine {
         c.generation += 1;
         let generation = c.generation;
         self.persist(c);
+        if delay.is_none() {
+            // Unmount before anyone can see the exit: a `restart` waiting on it would otherwise
+            // start on the old mount and lose its rootfs to this unmount.
+            self.unmount(id);
+        }
         drop(m);
         self.inner.changed.notify_all();
         match delay {
@@ -756,7 +764,6 @@ impl Engine {
                     });
             }
             None => {
-                self.unmount(id);
                 if auto_remove {
                     let engine = self.clone();
                     let id = id.to_owned();
@@ -937,7 +944,17 @@ impl Engine {
                 let _ = fs::remove_dir_all(self.inner.cfg.data_dir.join("volumes").join(&mp.name));
             }
         }
-        self.lock().remove(&c.id);
+        {
+            let mut m = self.lock();
+            if let Some(rec) = m.remove(&c.id) {
+                // Recorded while the map is still locked, so a waiter never sees neither.
+                let mut removed = self.inner.removed.lock().unwrap_or_else(|p| p.into_inner());
+                if removed.len() >= 256 {
+                    removed.pop_front();
+                }
+                removed.push_back((rec.id, rec.exit_code));
+            }
+        }
         self.inner.execs.forget_container(&c.id);
         self.inner.changed.notify_all();
         Ok(())
@@ -1020,14 +1037,24 @@ impl Engine {
     }
 
     /// Waits until the container is removed; returns its last exit code.
+    /// A full id removed a moment ago counts as removed, so a client that asks after the fact
+    /// still gets the exit code.
     pub fn wait_removed(&self, what: &str) -> Result<i32, EngineError> {
-        let id = self.resolve(what)?;
-        let last = std::cell::Cell::new(0);
-        self.wait_until(&id, None, |c| {
-            last.set(c.exit_code);
-            false
-        });
-        Ok(last.get())
+        let id = match self.resolve(what) {
+            Ok(id) => id,
+            Err(e) => return self.removed_exit_code(what).ok_or(e),
+        };
+        self.wait_until(&id, None, |_| false);
+        Ok(self.removed_exit_code(&id).unwrap_or(0))
+    }
+
+    pub(crate) fn removed_exit_code(&self, id: &str) -> Option<i32> {
+        let removed = self.inner.removed.lock().unwrap_or_else(|p| p.into_inner());
+        removed
+            .iter()
+            .rev()
+            .find(|(r, _)| r == id)
+            .map(|(_, code)| *code)
     }
 
     // ------------------------------------------------------------------ logs

@@ -635,7 +635,15 @@ impl Backend for Engine {
     }
 
     fn container_wait(&self, id: &str, condition: WaitCondition) -> Result<Waiter, ApiError> {
-        let id = self.resolve(id)?;
+        let id = match condition {
+            // A container removed a moment ago is still answered, with its exit code.
+            WaitCondition::Removed => match self.resolve(id) {
+                Ok(id) => id,
+                Err(_) if self.removed_exit_code(id).is_some() => id.to_owned(),
+                Err(e) => return Err(e.into()),
+            },
+            _ => self.resolve(id)?,
+        };
         let engine = self.clone();
         Ok(Box::new(move || {
             let code = match condition {
