@@ -9,5 +9,6 @@ pub mod engine;
 pub mod fsutil;
 pub mod image;
 pub mod init;
+pub mod netconf;
 pub mod root;
 pub mod service;

@@ -17,6 +17,13 @@ const HOSTNAME: &str = "paddock-test";
 const DEFAULT_SERVICES: &[&str] = &["acpid", "console", "network", "ntp", "syslog", "udev"];
 /// One-shot default services: they ran and exited 0.
 const ONE_SHOTS: &[&str] = &["udev-cold"];
+/// Volume containers: created, never started.
+const VOLUMES: &[&str] = &[
+    "command-volumes",
+    "system-volumes",
+    "user-volumes",
+    "all-volumes",
+];
 
 fn timeline(vm: &qemu::Vm, ssh_ready: f64) {
     println!("boot timeline (seconds since qemu started):");
@@ -63,6 +70,7 @@ struct Guest {
     disks: Vec<PathBuf>,
     boots: u32,
     memory_mb: u32,
+    extra_nets: Vec<String>,
 }
 
 impl Guest {
@@ -75,6 +83,7 @@ impl Guest {
             disks,
             boots: 0,
             memory_mb: 1024,
+            extra_nets: vec![],
         })
     }
 
@@ -86,6 +95,7 @@ impl Guest {
         spec.memory_mb = self.memory_mb;
         spec.ssh_port = Some(self.port);
         spec.disks = self.disks.clone();
+        spec.extra_nets = self.extra_nets.clone();
         let t0 = Instant::now();
         let vm = spec.start()?;
         let ready = (|| -> Result<Ssh> {
@@ -115,6 +125,10 @@ impl Guest {
             }
         }
     }
+}
+
+fn console_has(vm: &qemu::Vm, needle: &str) -> bool {
+    vm.lines().iter().any(|(_, l)| l.contains(needle))
 }
 
 fn console_tail(vm: &qemu::Vm) {
@@ -161,6 +175,59 @@ fn services_running(ssh: &Ssh) -> Result<()> {
             "one-shot service {s} did not exit 0: {c}"
         );
     }
+    for s in VOLUMES {
+        let c = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["Names"][0].as_str() == Some(&format!("/{s}")))
+            .with_context(|| format!("volume container {s} was not created"))?;
+        ensure!(c["State"] == "created", "volume container {s} is not just created: {c}");
+    }
+    Ok(())
+}
+
+/// The lifecycle guest's `rancher.network.dns`, and eth1's static address.
+const DNS: &str = "10.0.2.99";
+const STATIC_ADDR: &str = "10.0.3.50/24";
+
+/// DHCP on every `eth*` (eth0 and eth2 from QEMU's DHCP servers), eth1's static address and
+/// MTU, and the configured DNS kept in /etc/resolv.conf although DHCP offered another.
+fn network(ssh: &Ssh) -> Result<()> {
+    let addr = |dev: &str| ssh.ok(&format!("ip -4 -o addr show dev {dev}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (e0, e2) = (addr("eth0")?, addr("eth2")?);
+        if e0.contains("10.0.2.15/24") && e2.contains("10.0.4.15/24") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs = ssh.run("sudo system-docker logs network")?;
+            bail!(
+                "no DHCP lease on eth0 and eth2: eth0 {e0:?}, eth2 {e2:?}; network logs:\n{}",
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let e1 = addr("eth1")?;
+    ensure!(e1.contains(STATIC_ADDR), "eth1 lacks {STATIC_ADDR}: {e1}");
+    ensure!(
+        ssh.ok("cat /sys/class/net/eth1/mtu")?.trim() == "1400",
+        "eth1's mtu is not 1400"
+    );
+    ensure!(
+        !e1.contains("10.0.3.15"),
+        "eth1 is static but took a DHCP lease: {e1}"
+    );
+    let resolv = ssh.ok("cat /etc/resolv.conf")?;
+    ensure!(
+        resolv.contains(&format!("nameserver {DNS}"))
+            && resolv.contains("search paddock.test")
+            && !resolv.contains("10.0.2.3"),
+        "/etc/resolv.conf is not the configured DNS: {resolv}"
+    );
+    println!("boot test: eth0 and eth2 by DHCP, eth1 static ({STATIC_ADDR}, mtu 1400), DNS {DNS}");
     Ok(())
 }
 
@@ -232,7 +299,16 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
          runcmd:\n\
          - echo runcmd ran > /home/rancher/runcmd.txt\n\
          mounts:\n\
-         - [tmpfs, /mnt/scratch, tmpfs, \"size=8m,mode=0700\"]\n"
+         - [tmpfs, /mnt/scratch, tmpfs, \"size=8m,mode=0700\"]\n\
+         rancher:\n\
+         \x20 network:\n\
+         \x20   dns:\n\
+         \x20     nameservers: [{DNS}]\n\
+         \x20     search: [paddock.test]\n\
+         \x20   interfaces:\n\
+         \x20     eth1:\n\
+         \x20       address: {STATIC_ADDR}\n\
+         \x20       mtu: 1400\n"
     );
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-boottest", HOSTNAME).iso(&seed)?;
@@ -240,6 +316,8 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
     let state = dir.join("state.img");
     qemu::blank_disk(&state, 512)?;
     let mut g = Guest::new(dir, key, boot, vec![state, seed])?;
+    // eth1 takes the static address; eth2 only matches the default `eth*` (DHCP).
+    g.extra_nets = vec!["10.0.3.0/24".into(), "10.0.4.0/24".into()];
 
     let (mut vm, ssh) = g.boot("first boot")?;
     let first_key = with_vm(
@@ -282,6 +360,12 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
                 tty_owner.trim() == "rancher",
                 "no autologin on ttyS0 (owner {tty_owner:?})"
             );
+            network(&ssh)?;
+            ensure!(
+                console_has(&vm, "shipped images on the state partition")
+                    && !console_has(&vm, " 0 layers and blobs copied"),
+                "the first boot did not move the shipped images onto the state disk"
+            );
             // What must survive a reboot, and what must not.
             ssh.ok("echo kept > /home/rancher/kept.txt")?;
             ssh.ok("sudo sh -c 'echo kept > /var/lib/rancher/kept.txt'")?;
@@ -323,6 +407,19 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
             ensure!(
                 ssh.ok("hostname")?.trim() == HOSTNAME,
                 "hostname after reboot"
+            );
+            // The state partition has the images: this boot only freed their RAM.
+            ensure!(
+                console_has(&vm, " 0 layers and blobs copied"),
+                "the second boot copied shipped images again"
+            );
+            let df = ssh.ok("sudo du -sm /usr/share/ros")?;
+            ensure!(
+                matches!(
+                    df.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
+                    Some(n) if n < 2
+                ),
+                "the shipped images still take RAM: {df}"
             );
             Ok(())
         })(),

@@ -58,6 +58,9 @@ pub struct Spec {
     pub ssh_port: Option<u16>,
     /// Extra `guestfwd=` rules for the user network (e.g. `tcp:10.0.2.100:80-cmd:...`).
     pub guestfwd: Vec<String>,
+    /// More NICs, each on its own restricted user network with this `net=` (e.g. `10.0.3.0/24`);
+    /// the guest sees them as eth1, eth2, ... in order.
+    pub extra_nets: Vec<String>,
     /// Serial log file.
     pub log: PathBuf,
     /// Attach the serial console to this terminal instead of capturing it.
@@ -72,6 +75,7 @@ impl Spec {
             disks: vec![],
             ssh_port: None,
             guestfwd: vec![],
+            extra_nets: vec![],
             log: log.to_path_buf(),
             interactive: false,
         }
@@ -106,6 +110,15 @@ impl Spec {
             net.push_str(&format!(",guestfwd={g}"));
         }
         c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
+        for (i, n) in self.extra_nets.iter().enumerate() {
+            let id = format!("n{}", i + 1);
+            c.args([
+                "-netdev",
+                &format!("user,id={id},restrict=on,net={n}"),
+                "-device",
+                &format!("virtio-net-pci,netdev={id}"),
+            ]);
+        }
         for d in &self.disks {
             c.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", d.display()));

@@ -61,6 +61,8 @@ pub enum Command {
     /// Manage system services (compose definitions from the cloud-config).
     #[command(alias = "s")]
     Service(service::ServiceArgs),
+    /// Apply `rancher.network` and keep the DHCP clients running (the network service).
+    Netconf,
     /// Internal: the per-container monitor the engine spawns.
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
@@ -94,6 +96,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Some("reboot") => return power(crate::init::PowerAction::Reboot),
         Some("poweroff") => return power(crate::init::PowerAction::PowerOff),
         Some("halt") => return power(crate::init::PowerAction::Halt),
+        Some("netconf") => return netconf(&crate::root::Root::new("/")),
         _ => {}
     }
     let cli = match parse::<Cli>(args) {
@@ -116,6 +119,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Image(cmd) => image::run(cmd, &ctx),
         Command::Config(cmd) => config::run(cmd, &ctx),
         Command::Service(args) => service::run(args, &ctx),
+        Command::Netconf => Ok(netconf(&ctx.root)),
         Command::Shim { dir } => Ok(ExitCode::from(
             crate::engine::shim::main(&dir).clamp(0, 255) as u8,
         )),
@@ -144,6 +148,20 @@ fn parse<T: Parser>(args: Vec<OsString>) -> Result<T, ExitCode> {
             ExitCode::SUCCESS
         }
     })
+}
+
+/// The network service: the merged config's `rancher.network`, applied and supervised.
+fn netconf(root: &crate::root::Root) -> ExitCode {
+    let loaded = crate::config::sources::load(root, crate::config::sources::LoadOptions::FULL);
+    for p in &loaded.problems {
+        eprintln!("netconf: config problem (skipped): {p}");
+    }
+    let cfg = loaded.config();
+    let net = &cfg.rancher.network;
+    let user_dns = !net.dns.nameservers.is_empty();
+    ExitCode::from(
+        crate::netconf::run(net, &cfg.rancher.defaults.network, user_dns).clamp(0, 255) as u8,
+    )
 }
 
 fn power(action: crate::init::PowerAction) -> ExitCode {

@@ -27,6 +27,7 @@
 
 pub mod blkid;
 pub mod kmod;
+pub mod shipped;
 pub mod switchroot;
 
 use std::fs;
@@ -801,7 +802,7 @@ pub fn main() -> i32 {
     log("modules loaded");
     // The kernel command line and built-in defaults say where the state is.
     let early = load_config();
-    mount_state(&early);
+    let on_state = mount_state(&early);
     cloud_init(&early);
     let cfg = load_config();
     let extra: Vec<String> = cfg.rancher.modules.iter().map(|m| m.to_string()).collect();
@@ -811,13 +812,31 @@ pub fn main() -> i32 {
     log("config applied");
 
     let reaper = Reaper::start();
-    // The engine's image store is the one the initrd ships, used in place.
+    // The images the initrd ships: moved onto the state partition (only what it lacks), which
+    // frees their RAM; without one they are used in place.
     let store = Path::new(DATA_ROOT).join("image");
     let shipped = Path::new(SHIPPED_IMAGES).join("image");
-    if shipped.is_dir()
-        && let Err(e) = bind(&shipped, &store)
-    {
-        log(e);
+    if shipped.is_dir() {
+        let installed = if on_state {
+            match shipped::install(&shipped, &store) {
+                Ok(done) => {
+                    log(format!(
+                        "shipped images on the state partition ({} images; {} layers and blobs copied, {} there already); their RAM is freed",
+                        done.images, done.moved, done.reused
+                    ));
+                    true
+                }
+                Err(e) => {
+                    log(format!("keeping the shipped images in RAM: {e}"));
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        if !installed && let Err(e) = bind(&shipped, &store) {
+            log(e);
+        }
     }
     let engine = EngineProc {
         reaper: reaper.clone(),

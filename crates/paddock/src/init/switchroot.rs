@@ -88,7 +88,7 @@ pub fn to_tmpfs() -> String {
 
 /// Moves the entries of `src` into `dst`, which exists; `links` maps (dev, inode) of files
 /// already moved to their new path, so hard links stay hard links.
-fn move_dir(
+pub(super) fn move_dir(
     src: &Path,
     dst: &Path,
     dev: u64,
@@ -114,7 +114,7 @@ fn move_dir(
     }
 }
 
-fn move_entry(
+pub(super) fn move_entry(
     from: &Path,
     to: &Path,
     dev: u64,

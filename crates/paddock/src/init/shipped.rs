@@ -1,0 +1,274 @@
+//! The image store the initrd ships, installed onto the state partition.
+//!
+//! The initrd carries the default system images as a ready image store (unpacked layers, used
+//! in place). With a state partition, init moves what the partition's store lacks into it and
+//! frees the rest, so the images no longer hold RAM: a layer or blob the store has already
+//! (same digest, so the same content) is only deleted from RAM, which makes every boot after the
+//! first cheap. Images pulled into the system engine earlier stay; a shipped name (say
+//! `paddock/console:0.1.0` after an OS upgrade) moves to the shipped image.
+//!
+//! Crash safety: new layers and blobs are copied under the store's `tmp/`, synced, then renamed
+//! into place, and `images.json` is written atomically last, so an interrupted install leaves
+//! the old store usable (and only `tmp/` leftovers, which prune removes).
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::switchroot::{move_dir, move_entry};
+
+/// What an install did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Layers and blobs copied to the store.
+    pub moved: usize,
+    /// Layers and blobs the store had already.
+    pub reused: usize,
+    /// Images (manifest digests) named in the index.
+    pub images: usize,
+}
+
+fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Moves `shipped` (an image store directory) into `store` (another, possibly empty or absent)
+/// and removes `shipped`.
+pub fn install(shipped: &Path, store: &Path) -> Result<Installed, String> {
+    let dev = fs::metadata(shipped).map_err(|e| err(shipped.display(), e))?.dev();
+    for sub in ["blobs/sha256", "layers", "tmp"] {
+        let d = store.join(sub);
+        fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
+    }
+    // Everything that can refuse, before anything moves: the caller then uses `shipped` as is.
+    let store_index = read_index(&store.join("images.json"))?;
+    let shipped_index = read_index(&shipped.join("images.json"))?;
+    let need = du(shipped);
+    let free = nix::sys::statvfs::statvfs(store)
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .map_err(|e| err(store.display(), e))?;
+    if free < need + need / 10 {
+        return Err(format!(
+            "{}: {} MB free, the shipped images need {} MB",
+            store.display(),
+            free >> 20,
+            need >> 20
+        ));
+    }
+    let tmp = store.join("tmp");
+    let mut done = Installed::default();
+    // (staged path, final path) of everything new.
+    let mut staged = vec![];
+    let mut links = HashMap::new();
+    let mut problems = vec![];
+    for (sub, prefix) in [("blobs/sha256", "blob-"), ("layers", "layer-")] {
+        let from_dir = shipped.join(sub);
+        let Ok(rd) = fs::read_dir(&from_dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let target = store.join(sub).join(&name);
+            if target.exists() {
+                done.reused += 1;
+                continue;
+            }
+            let stage = tmp.join(format!("{prefix}{}", name.to_string_lossy()));
+            if stage.exists() {
+                fs::remove_dir_all(&stage)
+                    .or_else(|_| fs::remove_file(&stage))
+                    .map_err(|e| err(stage.display(), e))?;
+            }
+            if e.path().is_dir() {
+                fs::create_dir(&stage).map_err(|e| err(stage.display(), e))?;
+                move_dir(&e.path(), &stage, dev, &mut links, &mut problems);
+            } else {
+                move_entry(&e.path(), &stage, dev, &mut links, &mut problems)
+                    .map_err(|e| err(stage.display(), e))?;
+            }
+            if let Some(p) = problems.first() {
+                return Err(format!("moving {}: {p}", e.path().display()));
+            }
+            staged.push((stage, target));
+        }
+    }
+    // Contents on disk before the names that make them visible.
+    nix::unistd::sync();
+    for (stage, target) in &staged {
+        fs::rename(stage, target).map_err(|e| err(target.display(), e))?;
+        done.moved += 1;
+    }
+    let index = merge_index(&store_index, &shipped_index);
+    done.images = index
+        .get("images")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len());
+    let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
+    crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
+        .map_err(|e| err(store.join("images.json").display(), e))?;
+    fs::remove_dir_all(shipped).map_err(|e| err(shipped.display(), e))?;
+    Ok(done)
+}
+
+/// Bytes of the regular files below `dir` (hard links counted once).
+fn du(dir: &Path) -> u64 {
+    fn go(d: &Path, seen: &mut std::collections::HashSet<u64>) -> u64 {
+        let Ok(rd) = fs::read_dir(d) else { return 0 };
+        rd.flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => go(&e.path(), seen),
+                Ok(m) if m.is_file() && seen.insert(m.ino()) => m.size(),
+                _ => 0,
+            })
+            .sum()
+    }
+    go(dir, &mut std::collections::HashSet::new())
+}
+
+fn read_index(p: &Path) -> Result<Value, String> {
+    match fs::read(p) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| err(p.display(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({"images": {}})),
+        Err(e) => Err(err(p.display(), e)),
+    }
+}
+
+/// The store's index with the shipped images added; a name the shipped index gives moves to
+/// the shipped image.
+fn merge_index(store: &Value, shipped: &Value) -> Value {
+    let mut images: Map<String, Value> = store
+        .get("images")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let empty = Map::new();
+    let new = shipped
+        .get("images")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let names_of = |v: &Value| -> Vec<Value> {
+        v.get("names")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let taken: Vec<Value> = new.values().flat_map(names_of).collect();
+    for (digest, entry) in images.iter_mut() {
+        if new.contains_key(digest) {
+            continue;
+        }
+        if let Some(names) = entry.get_mut("names").and_then(Value::as_array_mut) {
+            names.retain(|n| !taken.contains(n));
+        }
+    }
+    for (digest, entry) in new {
+        let mut names = images.get(digest).map(names_of).unwrap_or_default();
+        for n in names_of(entry) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let mut e = entry.clone();
+        if let Some(o) = e.as_object_mut() {
+            o.insert("names".into(), Value::Array(names));
+        }
+        images.insert(digest.clone(), e);
+    }
+    let mut out = store.as_object().cloned().unwrap_or_default();
+    out.insert("images".into(), Value::Object(images));
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn shipped_store(dir: &Path, console_digest: &str) {
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::create_dir_all(dir.join("layers/aaa/fs/bin")).unwrap();
+        fs::write(dir.join("layers/aaa/fs/bin/sh"), b"busybox").unwrap();
+        fs::hard_link(
+            dir.join("layers/aaa/fs/bin/sh"),
+            dir.join("layers/aaa/fs/bin/ls"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("sh", dir.join("layers/aaa/fs/bin/ash")).unwrap();
+        fs::write(dir.join("layers/aaa/layer.json"), b"{}").unwrap();
+        fs::write(dir.join("blobs/sha256").join(console_digest), b"manifest").unwrap();
+        let index = json!({"images": {
+            format!("sha256:{console_digest}"): {"names": ["docker.io/paddock/console:0.1.0"]}
+        }});
+        fs::write(dir.join("images.json"), index.to_string()).unwrap();
+    }
+
+    #[test]
+    fn first_install_moves_everything_and_later_ones_only_free_ram() {
+        let d = tempfile::tempdir().unwrap();
+        let (shipped, store) = (d.path().join("ram"), d.path().join("state"));
+        shipped_store(&shipped, "c1");
+        let done = install(&shipped, &store).unwrap();
+        assert_eq!(done, Installed { moved: 2, reused: 0, images: 1 });
+        assert!(!shipped.exists(), "the RAM copy is freed");
+        let sh = store.join("layers/aaa/fs/bin/sh");
+        assert_eq!(fs::read(&sh).unwrap(), b"busybox");
+        assert_eq!(
+            fs::metadata(&sh).unwrap().ino(),
+            fs::metadata(store.join("layers/aaa/fs/bin/ls")).unwrap().ino()
+        );
+        assert_eq!(
+            fs::read_link(store.join("layers/aaa/fs/bin/ash")).unwrap(),
+            Path::new("sh")
+        );
+        assert_eq!(fs::read_dir(store.join("tmp")).unwrap().count(), 0);
+        // The next boot ships the same store again: nothing is copied.
+        shipped_store(&shipped, "c1");
+        let again = install(&shipped, &store).unwrap();
+        assert_eq!(again, Installed { moved: 0, reused: 2, images: 1 });
+        assert!(!shipped.exists());
+    }
+
+    #[test]
+    fn pulled_images_stay_and_a_shipped_name_moves_to_the_new_image() {
+        let d = tempfile::tempdir().unwrap();
+        let (shipped, store) = (d.path().join("ram"), d.path().join("state"));
+        fs::create_dir_all(&store).unwrap();
+        let old = json!({"images": {
+            "sha256:old": {"names": ["docker.io/paddock/console:0.1.0", "docker.io/me/console:mine"]},
+            "sha256:pulled": {"names": ["docker.io/library/alpine:3"]}
+        }});
+        fs::write(store.join("images.json"), old.to_string()).unwrap();
+        shipped_store(&shipped, "c2");
+        install(&shipped, &store).unwrap();
+        let idx: Value =
+            serde_json::from_slice(&fs::read(store.join("images.json")).unwrap()).unwrap();
+        assert_eq!(
+            idx["images"]["sha256:c2"]["names"],
+            json!(["docker.io/paddock/console:0.1.0"])
+        );
+        assert_eq!(
+            idx["images"]["sha256:old"]["names"],
+            json!(["docker.io/me/console:mine"])
+        );
+        assert_eq!(
+            idx["images"]["sha256:pulled"]["names"],
+            json!(["docker.io/library/alpine:3"])
+        );
+    }
+
+    #[test]
+    fn a_broken_index_is_an_error_naming_it_and_keeps_ram() {
+        let d = tempfile::tempdir().unwrap();
+        let (shipped, store) = (d.path().join("ram"), d.path().join("state"));
+        shipped_store(&shipped, "c3");
+        fs::create_dir_all(&store).unwrap();
+        fs::write(store.join("images.json"), b"{not json").unwrap();
+        let e = install(&shipped, &store).unwrap_err();
+        assert!(e.contains("images.json"), "{e}");
+        assert!(shipped.join("images.json").exists());
+    }
+}
