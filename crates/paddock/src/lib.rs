@@ -12,3 +12,4 @@ pub mod init;
 pub mod netconf;
 pub mod root;
 pub mod service;
+pub mod userdocker;

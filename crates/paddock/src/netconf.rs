@@ -327,10 +327,8 @@ pub fn run(net: &Network, defaults: &Network, user_dns: bool) -> i32 {
     }
     for c in &mut clients {
         if let Some(ch) = &mut c.child {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(ch.id() as i32),
-                Signal::SIGTERM,
-            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(ch.id() as i32), Signal::SIGTERM);
             let _ = ch.wait();
         }
     }
@@ -400,15 +398,24 @@ mod tests {
         let steps = plan(&net, &defaults, &links);
         let ips = ips(&steps);
         // eth0 takes the user's glob (not the default's DHCP), eth1 its exact entry.
-        assert!(ips.contains(&"link set dev eth0 mtu 1400".to_owned()), "{ips:?}");
+        assert!(
+            ips.contains(&"link set dev eth0 mtu 1400".to_owned()),
+            "{ips:?}"
+        );
         assert!(ips.contains(&"-4 addr add 10.0.3.50/24 dev eth1".to_owned()));
         assert!(ips.contains(&"-4 route replace default via 10.0.3.2 dev eth1".to_owned()));
         assert!(ips.contains(&"link set dev eth1 mtu 1500".to_owned()));
         assert!(!ips.iter().any(|s| s.contains("wlan0")), "{ips:?}");
         assert!(dhcp(&steps).is_empty());
         // The flush comes before the adds.
-        let flush = ips.iter().position(|s| s == "-4 addr flush dev eth1").unwrap();
-        let add = ips.iter().position(|s| s.contains("addr add 10.0.3.50")).unwrap();
+        let flush = ips
+            .iter()
+            .position(|s| s == "-4 addr flush dev eth1")
+            .unwrap();
+        let add = ips
+            .iter()
+            .position(|s| s.contains("addr add 10.0.3.50"))
+            .unwrap();
         assert!(flush < add);
     }
 
@@ -416,7 +423,12 @@ mod tests {
     fn default_dhcp_on_every_eth_and_user_dhcp_args() {
         let defaults = network("dhcp_timeout: 10\ninterfaces: {'eth*': {dhcp: true}}");
         let net = network("interfaces: {eth2: {dhcp: true, dhcp_args: '-x hostname:h1'}}");
-        let links = [link("eth0", ""), link("eth1", ""), link("eth2", ""), link("docker0", "")];
+        let links = [
+            link("eth0", ""),
+            link("eth1", ""),
+            link("eth2", ""),
+            link("docker0", ""),
+        ];
         let steps = plan(&net, &defaults, &links);
         assert_eq!(dhcp(&steps), ["eth0", "eth1", "eth2"]);
         let eth2 = steps
@@ -426,7 +438,10 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert!(eth2.starts_with("-f -i eth2 -s /usr/share/udhcpc/default.script -t 5"), "{eth2}");
+        assert!(
+            eth2.starts_with("-f -i eth2 -s /usr/share/udhcpc/default.script -t 5"),
+            "{eth2}"
+        );
         assert!(eth2.ends_with("-x hostname:h1"), "{eth2}");
     }
 
@@ -435,12 +450,18 @@ mod tests {
         let net = network(
             "pre_cmds: [echo pre]\npost_cmds: [echo post]\ninterfaces:\n  lan:\n    match: mac=52:54:00:AB:*\n    addresses: [192.168.9.2/24, 'fd00::2/64']\n    gateway_ipv6: 'fd00::1'\n    pre_up: [echo up1]\n    post_up: [echo up2]\n    vlans: '100'\n",
         );
-        let links = [link("ens3", "52:54:00:ab:cd:ef"), link("ens4", "52:54:00:00:00:01")];
+        let links = [
+            link("ens3", "52:54:00:ab:cd:ef"),
+            link("ens4", "52:54:00:00:00:01"),
+        ];
         let steps = plan(&net, &Network::default(), &links);
         assert_eq!(steps.first(), Some(&Step::Shell("echo pre".into())));
         assert_eq!(steps.last(), Some(&Step::Shell("echo post".into())));
         let ips = ips(&steps);
-        assert!(ips.contains(&"-6 addr add fd00::2/64 dev ens3".to_owned()), "{ips:?}");
+        assert!(
+            ips.contains(&"-6 addr add fd00::2/64 dev ens3".to_owned()),
+            "{ips:?}"
+        );
         assert!(ips.contains(&"-4 addr add 192.168.9.2/24 dev ens3".to_owned()));
         assert!(ips.contains(&"-6 route replace default via fd00::1 dev ens3".to_owned()));
         assert!(!ips.iter().any(|s| s.contains("ens4")));
@@ -448,24 +469,34 @@ mod tests {
             iface: "ens3".into(),
             what: "vlans"
         }));
-        let up1 = steps.iter().position(|s| *s == Step::Shell("echo up1".into()));
+        let up1 = steps
+            .iter()
+            .position(|s| *s == Step::Shell("echo up1".into()));
         let link_up = steps
             .iter()
             .position(|s| *s == ip(&["link", "set", "dev", "ens3", "up"]));
-        let up2 = steps.iter().position(|s| *s == Step::Shell("echo up2".into()));
+        let up2 = steps
+            .iter()
+            .position(|s| *s == Step::Shell("echo up2".into()));
         assert!(up1 < link_up && link_up < up2);
     }
 
     #[test]
     fn links_are_read_from_sysfs() {
         let d = tempfile::tempdir().unwrap();
-        for (n, m) in [("eth1", "52:54:00:00:00:02\n"), ("eth0", "52:54:00:00:00:01\n")] {
+        for (n, m) in [
+            ("eth1", "52:54:00:00:00:02\n"),
+            ("eth0", "52:54:00:00:00:01\n"),
+        ] {
             std::fs::create_dir(d.path().join(n)).unwrap();
             std::fs::write(d.path().join(n).join("address"), m).unwrap();
         }
         assert_eq!(
             links(d.path()),
-            [link("eth0", "52:54:00:00:00:01"), link("eth1", "52:54:00:00:00:02")]
+            [
+                link("eth0", "52:54:00:00:00:01"),
+                link("eth1", "52:54:00:00:00:02")
+            ]
         );
     }
 }

@@ -20,6 +20,54 @@ pub fn default_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// A detached copy of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`; with
+/// `recursive`, its submounts too). The copy outlives a change of mount namespace, so it can be
+/// attached in another one with [`attach_mount`].
+pub fn clone_mount(path: &std::path::Path, recursive: bool) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; open_tree only reads
+    // it and returns a new descriptor or -1, touching no other memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a mount made by [`clone_mount`] on `target` in the caller's mount namespace
+/// (`move_mount(2)` with `MOVE_MOUNT_F_EMPTY_PATH`).
+pub fn attach_mount(mount: &std::os::fd::OwnedFd, target: &std::path::Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the empty source path and `c` are valid NUL-terminated strings that outlive the
+    // call, and `mount` is an open descriptor; move_mount reads them and changes no memory of
+    // ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -34,6 +82,36 @@ mod tests {
             .trim()
             .to_owned();
         u64::from_str_radix(&ign, 16).unwrap() & (1 << (libc::SIGPIPE - 1)) != 0
+    }
+
+    #[test]
+    #[ignore = "needs root: run `cargo xtask test`"]
+    fn a_cloned_mount_is_attached_elsewhere() {
+        let base = std::env::temp_dir().join(format!("paddock-sys-mnt-{}", std::process::id()));
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        // A tmpfs to clone, with a file in it.
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "t"])
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(src.join("marker"), b"here").unwrap();
+        let m = clone_mount(&src, false).unwrap();
+        let attached = attach_mount(&m, &dst);
+        let seen = std::fs::read(dst.join("marker"));
+        for d in [&dst, &src] {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(d)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        attached.unwrap();
+        assert_eq!(seen.unwrap(), b"here");
+        assert!(clone_mount(std::path::Path::new("/nonexistent-paddock"), false).is_err());
     }
 
     #[test]

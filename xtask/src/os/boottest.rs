@@ -41,7 +41,7 @@ fn timeline(vm: &qemu::Vm, ssh_ready: f64) {
 /// A state disk with an ext4 `RANCHER_STATE` filesystem holding `files` (path, content),
 /// made on the host without root (`mkfs.ext4 -d`).
 fn state_disk(path: &Path, files: &[(&str, &str)]) -> Result<()> {
-    qemu::blank_disk(path, 512)?;
+    qemu::blank_disk(path, 1024)?;
     let seed = path.with_extension("d");
     let _ = fs::remove_dir_all(&seed);
     fs::create_dir_all(&seed)?;
@@ -71,6 +71,10 @@ struct Guest {
     boots: u32,
     memory_mb: u32,
     extra_nets: Vec<String>,
+    /// More (host, guest) port forwards.
+    hostfwd: Vec<(u16, u16)>,
+    /// The images disk (the user Docker's image), attached read-only.
+    images: Option<PathBuf>,
 }
 
 impl Guest {
@@ -84,6 +88,8 @@ impl Guest {
             boots: 0,
             memory_mb: 1024,
             extra_nets: vec![],
+            hostfwd: vec![],
+            images: None,
         })
     }
 
@@ -96,6 +102,8 @@ impl Guest {
         spec.ssh_port = Some(self.port);
         spec.disks = self.disks.clone();
         spec.extra_nets = self.extra_nets.clone();
+        spec.readonly_disks = self.images.iter().cloned().collect();
+        spec.hostfwd = self.hostfwd.clone();
         let t0 = Instant::now();
         let vm = spec.start()?;
         let ready = (|| -> Result<Ssh> {
@@ -182,7 +190,10 @@ fn services_running(ssh: &Ssh) -> Result<()> {
             .flatten()
             .find(|c| c["Names"][0].as_str() == Some(&format!("/{s}")))
             .with_context(|| format!("volume container {s} was not created"))?;
-        ensure!(c["State"] == "created", "volume container {s} is not just created: {c}");
+        ensure!(
+            c["State"] == "created",
+            "volume container {s} is not just created: {c}"
+        );
     }
     Ok(())
 }
@@ -276,19 +287,185 @@ fn kernel_boot(dist: &Dist) -> Boot {
 pub fn run(dist: &Dist) -> Result<()> {
     let (dir, key, pubkey) = workdir("boottest")?;
     let kernel = kernel_boot(dist);
-    lifecycle(&dir.join("lifecycle"), &key, &pubkey, kernel)
-        .context("boot test: boot, reboot, poweroff")?;
+    let busybox = busybox_archive(&dir)?;
+    lifecycle(
+        &dir.join("lifecycle"),
+        &key,
+        &pubkey,
+        kernel,
+        dist,
+        &busybox,
+    )
+    .context("boot test: boot, reboot, poweroff")?;
     let iso = Boot::Cdrom {
         iso: dist.iso.clone(),
         uefi: false,
     };
-    broken_config(&dir.join("broken"), &key, &pubkey, iso)
+    broken_config(&dir.join("broken"), &key, &pubkey, iso, dist)
         .context("boot test: a broken cloud-config, booted from the ISO")?;
     Ok(())
 }
 
+/// A docker-archive of `busybox:latest` (the base system image, busybox and glibc, retagged)
+/// for the user Docker's preload, made with the built `ros` from the build's image layout.
+fn busybox_archive(dir: &Path) -> Result<PathBuf> {
+    let ros = crate::build_ros()?;
+    let root = dir.join("busybox-store");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root)?;
+    let layout = cache_dir().join("os/images/layout");
+    let out = dir.join("busybox.tar");
+    let ros_cmd = |args: &[&str]| -> Result<()> {
+        let st = Command::new(&ros)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .status()
+            .context("running ros")?;
+        ensure!(st.success(), "ros {args:?} failed");
+        Ok(())
+    };
+    ros_cmd(&["image", "load", "-q", "-i", &layout.display().to_string()])?;
+    ros_cmd(&[
+        "image",
+        "tag",
+        &format!("paddock/base:{}", super::images::VERSION),
+        "busybox:latest",
+    ])?;
+    ros_cmd(&[
+        "image",
+        "save",
+        "-o",
+        &out.display().to_string(),
+        "busybox:latest",
+    ])?;
+    let _ = fs::remove_dir_all(&root);
+    Ok(out)
+}
+
+/// Waits until the user Docker answers `rancher` (group docker) on its socket.
+fn docker_ready(ssh: &Ssh) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let o = ssh.run("docker info --format '{{.Driver}} {{.CgroupVersion}}'")?;
+        if o.status.success() {
+            return Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        }
+        if Instant::now() > deadline {
+            let logs = ssh.run("sudo system-docker logs docker 2>&1 | tail -n 40")?;
+            bail!(
+                "the user Docker did not answer: {}\ndocker service logs:\n{}",
+                String::from_utf8_lossy(&o.stderr).trim(),
+                String::from_utf8_lossy(&logs.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// GET / on the host port, retried (qemu.md: a forwarded connection now and then gets an
+/// empty reply).
+fn http_get(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..20 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.write_all(b"GET / HTTP/1.0\r\nHost: paddock\r\n\r\n")?;
+            let mut body = String::new();
+            c.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(b) if b.starts_with("HTTP/") => return Ok(b),
+            Ok(b) => last = format!("reply {b:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    bail!("no HTTP answer on 127.0.0.1:{port}: {last}")
+}
+
+/// The user Docker on the first boot: overlay2 on cgroup v2, a preloaded image, the console's
+/// mount namespace as the storage context, a published port reached from the host, a named
+/// volume, and `docker rm -f` of everything leaving the system services alone.
+fn user_docker(ssh: &Ssh, busybox: &Path, web_port: u16) -> Result<()> {
+    let t0 = Instant::now();
+    let info = docker_ready(ssh)?;
+    ensure!(
+        info == "overlay2 2",
+        "docker info: driver and cgroup version {info:?}"
+    );
+    println!(
+        "boot test: the user Docker answered rancher ({info}) {:.1}s after ssh did",
+        t0.elapsed().as_secs_f64()
+    );
+    // Preload: an archive dropped in the preload directory is loaded when docker starts.
+    ssh.ok("sudo mkdir -p /var/lib/rancher/preload/docker")?;
+    ssh.send(
+        "sudo tee /var/lib/rancher/preload/docker/busybox.tar >/dev/null",
+        busybox,
+    )?;
+    ssh.ok("sudo system-docker restart docker")?;
+    docker_ready(ssh)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ssh.run("docker image inspect busybox")?.status.success() {
+        ensure!(
+            Instant::now() < deadline,
+            "busybox was not preloaded: {}",
+            ssh.ok("sudo system-docker logs docker 2>&1 | tail -n 20")?
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    ensure!(
+        ssh.ok("docker run --rm busybox echo ok")?.trim() == "ok",
+        "docker run"
+    );
+    // The storage context: the console's own /tmp (not shared with the host) and /home.
+    ssh.ok("echo from-the-console > /tmp/ctx-proof")?;
+    let seen = ssh.ok("docker run --rm -v /tmp/ctx-proof:/p busybox cat /p")?;
+    ensure!(
+        seen.trim() == "from-the-console",
+        "dockerd does not see the console's files: {seen:?}"
+    );
+    let seen = ssh.ok("docker run --rm -v /home/rancher:/h busybox cat /h/hello.txt")?;
+    ensure!(
+        seen.trim() == "hello from write_files",
+        "/home/rancher: {seen:?}"
+    );
+    // A published port, from the host through QEMU's hostfwd.
+    ssh.ok("mkdir -p /home/rancher/www && echo served-by-paddock > /home/rancher/www/index.html")?;
+    ssh.ok("docker run -d --name web -p 8080:80 -v /home/rancher/www:/www busybox httpd -f -p 80 -h /www")?;
+    let page = http_get(web_port)?;
+    ensure!(
+        page.contains("served-by-paddock"),
+        "the published port answered {page:?}"
+    );
+    // A named volume for the reboot.
+    ssh.ok("docker volume create keep && docker run --rm -v keep:/v busybox sh -c 'echo persisted > /v/x'")?;
+    // Removing every user container leaves the OS running.
+    ssh.ok("docker rm -f $(docker ps -qa)")?;
+    ensure!(
+        ssh.ok("docker ps -qa")?.trim().is_empty(),
+        "containers left"
+    );
+    services_running(ssh)?;
+    println!(
+        "boot test: user Docker: preload, storage context, -p 8080:80 from the host, rm -f all"
+    );
+    Ok(())
+}
+
 /// Boot, assert, reboot from the console, assert what persists, power off in order.
-fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
+fn lifecycle(
+    dir: &Path,
+    key: &Path,
+    pubkey: &str,
+    boot: Boot,
+    dist: &Dist,
+    busybox: &Path,
+) -> Result<()> {
     fs::create_dir_all(dir)?;
     let user_data = format!(
         "#cloud-config\n\
@@ -312,12 +489,17 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
     );
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-boottest", HOSTNAME).iso(&seed)?;
-    // Blank: the first boot formats it (rancher.state.autoformat lists /dev/vda).
+    // Blank: the first boot formats it (rancher.state.autoformat lists /dev/vda). Room for the
+    // user Docker's image (copied from the images disk) and its data.
     let state = dir.join("state.img");
-    qemu::blank_disk(&state, 512)?;
+    qemu::blank_disk(&state, 2048)?;
     let mut g = Guest::new(dir, key, boot, vec![state, seed])?;
     // eth1 takes the static address; eth2 only matches the default `eth*` (DHCP).
     g.extra_nets = vec!["10.0.3.0/24".into(), "10.0.4.0/24".into()];
+    g.images = Some(dist.images.clone());
+    // The host port forwarded to the guest's 8080 (a published container port).
+    let web_port = qemu::free_port()?;
+    g.hostfwd = vec![(web_port, 8080)];
 
     let (mut vm, ssh) = g.boot("first boot")?;
     let first_key = with_vm(
@@ -361,6 +543,7 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
                 "no autologin on ttyS0 (owner {tty_owner:?})"
             );
             network(&ssh)?;
+            user_docker(&ssh, busybox, web_port)?;
             ensure!(
                 console_has(&vm, "shipped images on the state partition")
                     && !console_has(&vm, " 0 layers and blobs copied"),
@@ -408,6 +591,13 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
                 ssh.ok("hostname")?.trim() == HOSTNAME,
                 "hostname after reboot"
             );
+            // The user Docker's images and volumes live on the state partition.
+            docker_ready(&ssh)?;
+            let kept = ssh.ok("docker run --rm -v keep:/v busybox cat /v/x")?;
+            ensure!(
+                kept.trim() == "persisted",
+                "the named volume after reboot: {kept:?}"
+            );
             // The state partition has the images: this boot only freed their RAM.
             ensure!(
                 console_has(&vm, " 0 layers and blobs copied"),
@@ -447,7 +637,7 @@ fn lifecycle(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
 
 /// Bad YAML in one config file and a wrong type in another: the boot still reaches SSH and
 /// `ros config validate` names both.
-fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()> {
+fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Result<()> {
     fs::create_dir_all(dir)?;
     let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n");
     let seed = dir.join("seed.iso");
@@ -467,6 +657,7 @@ fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot) -> Result<()>
         ],
     )?;
     let mut g = Guest::new(dir, key, boot, vec![state, seed])?;
+    g.images = Some(dist.images.clone());
     let (mut vm, ssh) = g.boot("broken config, ISO")?;
     with_vm(
         &vm,

@@ -272,7 +272,9 @@ pub const IMAGES: &[ImageDef] = &[
     },
     ImageDef {
         name: "console",
-        packages: &["openssh-server", "openssh-client", "sudo"],
+        // libseccomp2: runc re-executes itself as `runc init` with a clean environment, so the
+        // user Docker's runc (running in the console's mount namespace) needs it here.
+        packages: &["openssh-server", "openssh-client", "sudo", "libseccomp2"],
         dirs: &[
             DirDef {
                 path: "home/rancher",
@@ -384,6 +386,57 @@ pub const IMAGES: &[ImageDef] = &[
     },
 ];
 
+/// Images too large for the initrd, built into the images disk (`dist/images.img`): base plus
+/// their own layer, like the others.
+pub const DISK_IMAGES: &[ImageDef] = &[ImageDef {
+    // The user Docker (Debian's docker.io, containerd, runc, iptables); `ros docker-init` runs
+    // its dockerd in the console's mount namespace.
+    name: "docker",
+    packages: &["docker.io", "iptables"],
+    dirs: &[DirDef {
+        path: "etc/docker",
+        mode: 0o755,
+        uid: R,
+        gid: R,
+    }],
+    files: &[],
+    cmd: &["/usr/sbin/dockerd"],
+}];
+
+/// Links made in an image after its packages are unpacked (`dpkg -x` runs no maintainer
+/// scripts, so Debian's alternatives are missing). Relative, so they also resolve when the
+/// image is reached through `/proc/<pid>/root` from another mount namespace.
+fn image_links(name: &str) -> &'static [(&'static str, &'static str)] {
+    match name {
+        "docker" => &[
+            ("usr/sbin/iptables", "xtables-nft-multi"),
+            ("usr/sbin/iptables-save", "xtables-nft-multi"),
+            ("usr/sbin/iptables-restore", "xtables-nft-multi"),
+            ("usr/sbin/ip6tables", "xtables-nft-multi"),
+            ("usr/sbin/ip6tables-save", "xtables-nft-multi"),
+            ("usr/sbin/ip6tables-restore", "xtables-nft-multi"),
+        ],
+        _ => &[],
+    }
+}
+
+/// Files removed from one image: tools its service never runs.
+fn image_prune(name: &str) -> &'static [&'static str] {
+    match name {
+        // libnetwork's test tools, containerd's CLI and its v1 shims (dockerd 20.10 uses
+        // io.containerd.runc.v2): 67 MB.
+        "docker" => &[
+            "usr/bin/dnet",
+            "usr/sbin/ovrouter",
+            "usr/bin/ctr",
+            "usr/bin/containerd-shim",
+            "usr/bin/containerd-shim-runc-v1",
+            "usr/bin/containerd-stress",
+        ],
+        _ => &[],
+    }
+}
+
 /// What the images will be built from: each image's packages at their exact versions.
 #[derive(Debug)]
 pub struct Plan {
@@ -394,7 +447,15 @@ pub struct Plan {
 impl Plan {
     /// A key that changes whenever a package version or an image definition does.
     pub fn key(&self) -> String {
-        sha256(format!("{:?}{IMAGES:?}{EXCLUDE:?}{PRUNE:?}", self.layers).as_bytes())
+        sha256(
+            format!(
+                "{:?}{IMAGES:?}{DISK_IMAGES:?}{EXCLUDE:?}{PRUNE:?}{:?}{:?}",
+                self.layers,
+                image_links("docker"),
+                image_prune("docker")
+            )
+            .as_bytes(),
+        )
     }
 }
 
@@ -402,7 +463,7 @@ impl Plan {
 pub fn plan() -> Result<Plan> {
     let mut base_set: BTreeSet<String> = BTreeSet::new();
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for def in IMAGES {
+    for def in IMAGES.iter().chain(DISK_IMAGES) {
         if def.packages.is_empty() {
             names.insert(def.name.to_owned(), vec![]);
             continue;
@@ -441,8 +502,16 @@ pub fn plan() -> Result<Plan> {
 }
 
 /// Builds the images of `plan` into an image store at `root` + `data_root` (through
-/// `ros --root ROOT --data-root DATA_ROOT image load`). `work` is scratch space.
-pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str) -> Result<()> {
+/// `ros --root ROOT --data-root DATA_ROOT image load`), and the [`DISK_IMAGES`] into one at
+/// `disk_root` + `data_root`. `work` is scratch space.
+pub fn build(
+    plan: &Plan,
+    ros: &Path,
+    work: &Path,
+    root: &Path,
+    data_root: &str,
+    disk_root: &Path,
+) -> Result<()> {
     let all: BTreeMap<String, String> = plan
         .layers
         .values()
@@ -451,10 +520,22 @@ pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str)
     let debs = apt::download(&all)?;
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let mut layout = Layout::create(&work.join("layout"))?;
+    let mut layouts = [
+        Layout::create(&work.join("layout"))?,
+        Layout::create(&work.join("disk-layout"))?,
+    ];
     let mut base_layer: Option<BuiltLayer> = None;
     let busybox_list = applets(&debs)?;
-    for def in IMAGES {
+    for (def, on_disk) in IMAGES
+        .iter()
+        .map(|d| (d, false))
+        .chain(DISK_IMAGES.iter().map(|d| (d, true)))
+    {
+        let layout = &mut layouts[usize::from(on_disk)];
+        if on_disk && let Some(b) = &base_layer {
+            // The disk's images share the base layer: its blob goes into that layout too.
+            layout.blob(&b.gz)?;
+        }
         let t0 = std::time::Instant::now();
         let pkgs = plan.layers.get(def.name).cloned().unwrap_or_default();
         eprintln!(
@@ -507,6 +588,15 @@ pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str)
                     .with_context(|| format!("linking {}", link.display()))?;
             }
         }
+        for p in image_prune(def.name) {
+            let _ = fs::remove_file(stage.join(p));
+        }
+        for (link, target) in image_links(def.name) {
+            let p = stage.join(link);
+            let _ = fs::remove_file(&p);
+            std::os::unix::fs::symlink(target, &p)
+                .with_context(|| format!("linking {}", p.display()))?;
+        }
         for d in def.dirs {
             let p = stage.join(d.path);
             fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
@@ -521,14 +611,14 @@ pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str)
             fs::write(&p, f.content).with_context(|| format!("writing {}", p.display()))?;
             set_meta(&p, f.mode, f.uid, f.gid)?;
         }
-        let layer = BuiltLayer::from_dir(&stage, &layout)
+        let layer = BuiltLayer::from_dir(&stage, layout)
             .with_context(|| format!("writing the layer of image {}", def.name))?;
         let layers: Vec<&BuiltLayer> = match (&base_layer, def.name) {
             (_, "base") => vec![&layer],
             (Some(b), _) => vec![b, &layer],
             (None, _) => bail!("image {} is listed before base", def.name),
         };
-        let desc = image(&layout, def, &layers, &pkgs)?;
+        let desc = image(layout, def, &layers, &pkgs)?;
         let name = format!("paddock/{}:{VERSION}", def.name);
         layout.tag(desc, &name)?;
         let unpacked: u64 = layers.iter().map(|l| l.tar_size).sum();
@@ -543,14 +633,17 @@ pub fn build(plan: &Plan, ros: &Path, work: &Path, root: &Path, data_root: &str)
             base_layer = Some(layer);
         }
     }
-    eprintln!("xtask: ros image load into {data_root}");
-    sh(Command::new(ros)
-        .arg("--root")
-        .arg(root)
-        .arg("--data-root")
-        .arg(data_root)
-        .args(["image", "load", "-q", "-i"])
-        .arg(work.join("layout")))
+    for (root, layout) in [(root, "layout"), (disk_root, "disk-layout")] {
+        eprintln!("xtask: ros image load into {}{data_root}", root.display());
+        sh(Command::new(ros)
+            .arg("--root")
+            .arg(root)
+            .arg("--data-root")
+            .arg(data_root)
+            .args(["image", "load", "-q", "-i"])
+            .arg(work.join(layout)))?;
+    }
+    Ok(())
 }
 
 fn set_meta(p: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
@@ -596,6 +689,8 @@ fn cache_dir_for(deb: &Path) -> Result<PathBuf> {
 }
 
 struct BuiltLayer {
+    /// The compressed layer (the blob), for a second layout that shares the layer.
+    gz: Vec<u8>,
     diff_id: String,
     desc: serde_json::Value,
     tar_size: u64,
@@ -614,6 +709,7 @@ impl BuiltLayer {
             desc: descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
             tar_size: tar.len() as u64,
             gz_size: gz.len() as u64,
+            gz,
         })
     }
 }

@@ -5,6 +5,8 @@
 //!                   subset with its own modules.dep, /etc/os-release, and the system image
 //!                   store at /usr/share/ros/images (used in place, never unpacked at boot)
 //! dist/paddock.iso  hybrid GRUB ISO (BIOS and UEFI), serial console
+//! dist/images.img   ext4 labelled PADDOCK_IMAGES: the images too large for the initrd (the
+//!                   user Docker's), copied once onto the state partition at boot
 //! dist/SHA256SUMS
 //!
 //! Every step is skipped when the hash of its inputs (package versions, the ros binary, image
@@ -113,6 +115,8 @@ pub struct Dist {
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,
     pub iso: PathBuf,
+    /// The images disk (ext4 labelled PADDOCK_IMAGES): the images too large for the initrd.
+    pub images: PathBuf,
     /// Hash of the initrd's inputs.
     pub key: String,
 }
@@ -177,8 +181,9 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
     let plan = images::plan()?;
     let images_key = sha256(format!("{}{ros_hash}", plan.key()).as_bytes());
     let store_root = work.join("store-root");
+    let disk_root = work.join("disk-store-root");
     let images_stamp = work.join("images.stamp");
-    if stamp_ok(&images_stamp, &images_key, &[&store_root]) {
+    if stamp_ok(&images_stamp, &images_key, &[&store_root, &disk_root]) {
         eprintln!(
             "xtask: system images unchanged ({:.1}s)",
             t.elapsed().as_secs_f64()
@@ -186,8 +191,17 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
     } else {
         let _ = fs::remove_file(&images_stamp);
         let _ = fs::remove_dir_all(&store_root);
+        let _ = fs::remove_dir_all(&disk_root);
         fs::create_dir_all(&store_root)?;
-        images::build(&plan, &ros, &work.join("images"), &store_root, STORE)?;
+        fs::create_dir_all(&disk_root)?;
+        images::build(
+            &plan,
+            &ros,
+            &work.join("images"),
+            &store_root,
+            STORE,
+            &disk_root,
+        )?;
         write_stamp(&images_stamp, &images_key)?;
         eprintln!(
             "xtask: system images built in {:.1}s",
@@ -244,12 +258,30 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         write_stamp(&iso_stamp, &iso_key)?;
     }
 
-    sha256sums(&dist, &["vmlinuz", "initrd", "paddock.iso"])?;
+    // The images disk: the store of the images too large for the initrd, as an ext4 image.
+    let images_img = dist.join("images.img");
+    let disk_stamp = work.join("images-disk.stamp");
+    if stamp_ok(&disk_stamp, &images_key, &[&images_img]) {
+        eprintln!("xtask: images disk unchanged");
+    } else {
+        let _ = fs::remove_file(&disk_stamp);
+        let t = Instant::now();
+        images_disk(&disk_root.join(STORE.trim_start_matches('/')), &images_img)?;
+        write_stamp(&disk_stamp, &images_key)?;
+        eprintln!(
+            "xtask: images disk: {} in {:.1}s",
+            images::human(size(&images_img)),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    sha256sums(&dist, &["vmlinuz", "initrd", "paddock.iso", "images.img"])?;
     Ok(Dist {
         dir: dist,
         vmlinuz,
         initrd,
         iso,
+        images: images_img,
         key,
     })
 }
@@ -441,6 +473,33 @@ pub fn make_iso(
     Ok(())
 }
 
+/// An ext4 image labelled PADDOCK_IMAGES holding `dir` (an image store's data root), made
+/// without mounting anything (`mkfs.ext4 -d`), sized to the content plus room for metadata.
+fn images_disk(dir: &Path, out: &Path) -> Result<()> {
+    fn du(d: &Path) -> u64 {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => 4096 + du(&e.path()),
+                Ok(m) => m.len().div_ceil(4096) * 4096,
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    let bytes = du(dir);
+    let mb = bytes / (1 << 20) * 12 / 10 + 32;
+    let _ = fs::remove_file(out);
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "PADDOCK_IMAGES", "-O", "^has_journal"])
+        .args(["-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(out)
+        .arg(format!("{mb}M")))
+    .with_context(|| format!("making the images disk {}", out.display()))
+}
+
 fn sha256sums(dist: &Path, names: &[&str]) -> Result<()> {
     sh(Command::new("sh").current_dir(dist).arg("-c").arg(format!(
         "sha256sum {} > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS",
@@ -493,7 +552,7 @@ pub fn boot(args: &[String]) -> Result<()> {
     qemu::NoCloud::new(&user_data, "paddock-dev", "paddock").iso(&seed)?;
     let state = dir.join("state.img");
     if !state.exists() {
-        qemu::blank_disk(&state, 1024)?;
+        qemu::blank_disk(&state, 4096)?;
     }
     let port = if std::net::TcpListener::bind("127.0.0.1:2222").is_ok() {
         2222
@@ -515,6 +574,9 @@ pub fn boot(args: &[String]) -> Result<()> {
     let mut spec = qemu::Spec::new(b, &dir.join("console.log"));
     spec.ssh_port = Some(port);
     spec.disks = vec![state, seed];
+    spec.readonly_disks = vec![dist.images.clone()];
+    // The user Docker wants room (qemu.md: 1 GiB runs it at full speed under TCG).
+    spec.memory_mb = 1024;
     spec.interactive = true;
     let ssh = qemu::Ssh::new(port, &key);
     let shown: Vec<String> = std::iter::once(ssh.command("").get_program())

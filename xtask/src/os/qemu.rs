@@ -54,8 +54,12 @@ pub struct Spec {
     pub memory_mb: u32,
     /// Raw disk images attached as virtio disks, in order (vda, vdb, ...).
     pub disks: Vec<PathBuf>,
+    /// Raw disk images attached read-only after `disks` (shareable between guests).
+    pub readonly_disks: Vec<PathBuf>,
     /// Host port forwarded to the guest's port 22 (None: no ssh forward).
     pub ssh_port: Option<u16>,
+    /// More host ports forwarded to guest ports on 127.0.0.1: (host, guest).
+    pub hostfwd: Vec<(u16, u16)>,
     /// Extra `guestfwd=` rules for the user network (e.g. `tcp:10.0.2.100:80-cmd:...`).
     pub guestfwd: Vec<String>,
     /// More NICs, each on its own restricted user network with this `net=` (e.g. `10.0.3.0/24`);
@@ -73,8 +77,10 @@ impl Spec {
             boot,
             memory_mb: 512,
             disks: vec![],
+            readonly_disks: vec![],
             ssh_port: None,
             guestfwd: vec![],
+            hostfwd: vec![],
             extra_nets: vec![],
             log: log.to_path_buf(),
             interactive: false,
@@ -106,6 +112,9 @@ impl Spec {
         if let Some(p) = self.ssh_port {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
         }
+        for (h, g) in &self.hostfwd {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+        }
         for g in &self.guestfwd {
             net.push_str(&format!(",guestfwd={g}"));
         }
@@ -122,6 +131,12 @@ impl Spec {
         for d in &self.disks {
             c.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", d.display()));
+        }
+        for d in &self.readonly_disks {
+            c.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                d.display()
+            ));
         }
         c
     }
@@ -482,6 +497,25 @@ impl Ssh {
         self.command(remote)
             .output()
             .with_context(|| format!("ssh -p {} {remote}", self.port))
+    }
+
+    /// Runs `remote` with `input` on its stdin, failing unless it succeeds.
+    pub fn send(&self, remote: &str, input: &Path) -> Result<()> {
+        let file = fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        let o = self
+            .command(remote)
+            .stdin(file)
+            .output()
+            .with_context(|| format!("ssh -p {} {remote}", self.port))?;
+        if !o.status.success() {
+            bail!(
+                "ssh {remote:?} < {} failed with {}: {}",
+                input.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Runs `remote`, failing unless it succeeds; returns stdout.

@@ -63,6 +63,9 @@ pub enum Command {
     Service(service::ServiceArgs),
     /// Apply `rancher.network` and keep the DHCP clients running (the network service).
     Netconf,
+    /// Run the user Docker daemon in the storage context's mount namespace (the docker service).
+    #[command(name = "docker-init")]
+    DockerInit,
     /// Internal: the per-container monitor the engine spawns.
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
@@ -120,6 +123,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Config(cmd) => config::run(cmd, &ctx),
         Command::Service(args) => service::run(args, &ctx),
         Command::Netconf => Ok(netconf(&ctx.root)),
+        Command::DockerInit => {
+            let cfg =
+                crate::config::sources::load(&ctx.root, crate::config::sources::LoadOptions::FULL)
+                    .config();
+            Ok(ExitCode::from(
+                crate::userdocker::run(&cfg.rancher.docker).clamp(0, 255) as u8,
+            ))
+        }
         Command::Shim { dir } => Ok(ExitCode::from(
             crate::engine::shim::main(&dir).clamp(0, 255) as u8,
         )),

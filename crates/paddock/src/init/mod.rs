@@ -190,7 +190,7 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-fn load_modules<'a>(names: impl IntoIterator<Item = &'a str>) {
+pub(crate) fn load_modules<'a>(names: impl IntoIterator<Item = &'a str>) {
     let dir = Path::new("/lib/modules").join(kernel_release());
     let db = match kmod::ModuleDb::open(&dir) {
         Ok(db) => db,
@@ -282,6 +282,27 @@ fn mount_state(cfg: &CloudConfig) -> bool {
     }
     log(format!("state device {} mounted", dev.display()));
     true
+}
+
+/// The label of the images disk: a filesystem holding an image store (`image/`) with the
+/// images too large for the initrd (the user Docker's).
+pub const IMAGES_LABEL: &str = "PADDOCK_IMAGES";
+
+/// Copies what the images disk has and the store lacks into the store (once: later boots find
+/// every layer there already).
+fn add_images_disk(store: &Path) {
+    let target = "/media/images";
+    if !mount_labelled(&[IMAGES_LABEL], target) {
+        return;
+    }
+    match shipped::add_from(&Path::new(target).join("image"), store) {
+        Ok(done) => log(format!(
+            "images disk: {} images; {} layers and blobs copied, {} there already",
+            done.images, done.moved, done.reused
+        )),
+        Err(e) => log(format!("images disk: {e}")),
+    }
+    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
 }
 
 /// Where the initrd keeps mke2fs, its libraries and its loader.
@@ -838,6 +859,7 @@ pub fn main() -> i32 {
             log(e);
         }
     }
+    add_images_disk(&store);
     let engine = EngineProc {
         reaper: reaper.clone(),
     };

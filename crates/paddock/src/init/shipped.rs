@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::switchroot::{move_dir, move_entry};
+use super::switchroot::{copy_dir, copy_entry};
 
 /// What an install did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,7 +38,18 @@ fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
 /// Moves `shipped` (an image store directory) into `store` (another, possibly empty or absent)
 /// and removes `shipped`.
 pub fn install(shipped: &Path, store: &Path) -> Result<Installed, String> {
-    let dev = fs::metadata(shipped).map_err(|e| err(shipped.display(), e))?.dev();
+    transfer(shipped, store, false)
+}
+
+/// Copies the store at `from` (read-only: an images disk) into `store`, adding what it lacks.
+pub fn add_from(from: &Path, store: &Path) -> Result<Installed, String> {
+    transfer(from, store, true)
+}
+
+fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, String> {
+    let dev = fs::metadata(shipped)
+        .map_err(|e| err(shipped.display(), e))?
+        .dev();
     for sub in ["blobs/sha256", "layers", "tmp"] {
         let d = store.join(sub);
         fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
@@ -84,9 +95,9 @@ pub fn install(shipped: &Path, store: &Path) -> Result<Installed, String> {
             }
             if e.path().is_dir() {
                 fs::create_dir(&stage).map_err(|e| err(stage.display(), e))?;
-                move_dir(&e.path(), &stage, dev, &mut links, &mut problems);
+                copy_dir(&e.path(), &stage, dev, &mut links, &mut problems, keep);
             } else {
-                move_entry(&e.path(), &stage, dev, &mut links, &mut problems)
+                copy_entry(&e.path(), &stage, dev, &mut links, &mut problems, keep)
                     .map_err(|e| err(stage.display(), e))?;
             }
             if let Some(p) = problems.first() {
@@ -109,7 +120,9 @@ pub fn install(shipped: &Path, store: &Path) -> Result<Installed, String> {
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
     crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
         .map_err(|e| err(store.join("images.json").display(), e))?;
-    fs::remove_dir_all(shipped).map_err(|e| err(shipped.display(), e))?;
+    if !keep {
+        fs::remove_dir_all(shipped).map_err(|e| err(shipped.display(), e))?;
+    }
     Ok(done)
 }
 
@@ -212,13 +225,22 @@ mod tests {
         let (shipped, store) = (d.path().join("ram"), d.path().join("state"));
         shipped_store(&shipped, "c1");
         let done = install(&shipped, &store).unwrap();
-        assert_eq!(done, Installed { moved: 2, reused: 0, images: 1 });
+        assert_eq!(
+            done,
+            Installed {
+                moved: 2,
+                reused: 0,
+                images: 1
+            }
+        );
         assert!(!shipped.exists(), "the RAM copy is freed");
         let sh = store.join("layers/aaa/fs/bin/sh");
         assert_eq!(fs::read(&sh).unwrap(), b"busybox");
         assert_eq!(
             fs::metadata(&sh).unwrap().ino(),
-            fs::metadata(store.join("layers/aaa/fs/bin/ls")).unwrap().ino()
+            fs::metadata(store.join("layers/aaa/fs/bin/ls"))
+                .unwrap()
+                .ino()
         );
         assert_eq!(
             fs::read_link(store.join("layers/aaa/fs/bin/ash")).unwrap(),
@@ -228,7 +250,14 @@ mod tests {
         // The next boot ships the same store again: nothing is copied.
         shipped_store(&shipped, "c1");
         let again = install(&shipped, &store).unwrap();
-        assert_eq!(again, Installed { moved: 0, reused: 2, images: 1 });
+        assert_eq!(
+            again,
+            Installed {
+                moved: 0,
+                reused: 2,
+                images: 1
+            }
+        );
         assert!(!shipped.exists());
     }
 
@@ -258,6 +287,40 @@ mod tests {
             idx["images"]["sha256:pulled"]["names"],
             json!(["docker.io/library/alpine:3"])
         );
+    }
+
+    #[test]
+    fn an_images_disk_is_copied_and_left_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let (disk, store) = (d.path().join("disk"), d.path().join("state"));
+        shipped_store(&disk, "d1");
+        let done = add_from(&disk, &store).unwrap();
+        assert_eq!(
+            done,
+            Installed {
+                moved: 2,
+                reused: 0,
+                images: 1
+            }
+        );
+        assert!(
+            disk.join("layers/aaa/fs/bin/sh").exists(),
+            "the source stays"
+        );
+        assert_eq!(
+            fs::read(store.join("layers/aaa/fs/bin/sh")).unwrap(),
+            b"busybox"
+        );
+        assert_eq!(
+            fs::metadata(store.join("layers/aaa/fs/bin/sh"))
+                .unwrap()
+                .ino(),
+            fs::metadata(store.join("layers/aaa/fs/bin/ls"))
+                .unwrap()
+                .ino(),
+            "hard links stay links in a copy too"
+        );
+        assert_eq!(add_from(&disk, &store).unwrap().moved, 0);
     }
 
     #[test]

@@ -95,6 +95,18 @@ pub(super) fn move_dir(
     links: &mut HashMap<(u64, u64), PathBuf>,
     problems: &mut Vec<String>,
 ) {
+    copy_dir(src, dst, dev, links, problems, false)
+}
+
+/// Like [`move_dir`]; with `keep` the source is left as it was (a read-only source).
+pub(super) fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    dev: u64,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    problems: &mut Vec<String>,
+    keep: bool,
+) {
     let entries = match fs::read_dir(src) {
         Ok(e) => e,
         Err(e) => {
@@ -108,18 +120,20 @@ pub(super) fn move_dir(
             continue;
         }
         let to = dst.join(entry.file_name());
-        if let Err(e) = move_entry(&from, &to, dev, links, problems) {
+        if let Err(e) = copy_entry(&from, &to, dev, links, problems, keep) {
             problems.push(format!("{}: {e}", from.display()));
         }
     }
 }
 
-pub(super) fn move_entry(
+/// Moves one entry (with `keep`, copies it: the source is left as it was).
+pub(super) fn copy_entry(
     from: &Path,
     to: &Path,
     dev: u64,
     links: &mut HashMap<(u64, u64), PathBuf>,
     problems: &mut Vec<String>,
+    keep: bool,
 ) -> std::io::Result<()> {
     let md = fs::symlink_metadata(from)?;
     let ft = md.file_type();
@@ -132,12 +146,14 @@ pub(super) fn move_entry(
     }
     if ft.is_dir() {
         fs::create_dir(to)?;
-        move_dir(from, to, dev, links, problems);
+        copy_dir(from, to, dev, links, problems, keep);
         // Owner before mode: chown clears the set-id bits.
         lchown(to, Some(md.uid()), Some(md.gid()))?;
         fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
         // Non-empty only if something inside could not be moved.
-        let _ = fs::remove_dir(from);
+        if !keep {
+            let _ = fs::remove_dir(from);
+        }
         return Ok(());
     }
     if ft.is_symlink() {
@@ -157,7 +173,7 @@ pub(super) fn move_entry(
         // Owner before mode: chown clears the set-id bits (sudo is set-uid).
         lchown(to, Some(md.uid()), Some(md.gid()))?;
         fs::set_permissions(to, fs::Permissions::from_mode(md.mode() & 0o7777))?;
-        return fs::remove_file(from);
+        return if keep { Ok(()) } else { fs::remove_file(from) };
     } else {
         // Device nodes, fifos, sockets.
         use nix::sys::stat::{Mode, SFlag, mknod};
@@ -171,7 +187,7 @@ pub(super) fn move_entry(
         .map_err(std::io::Error::from)?;
     }
     lchown(to, Some(md.uid()), Some(md.gid()))?;
-    fs::remove_file(from)
+    if keep { Ok(()) } else { fs::remove_file(from) }
 }
 
 #[cfg(test)]
