@@ -51,6 +51,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench::main(&args[1..]),
         Some("build") => os::main(&args[1..]),
+        // QEMU's guestfwd runs this per guest connection: stdin/stdout to a host TCP address.
+        Some("__proxy") => os::qemu::proxy(args.get(1).map(String::as_str).unwrap_or("")),
         Some("fixtures") => fixtures().map(|f| println!("busybox: {}", f.busybox.display())),
         _ => {
             eprintln!(

@@ -10,7 +10,8 @@
 //!
 //! A `dockerd` placed in the console's `/usr/local/bin` replaces the shipped one (v0.4's custom
 //! user Docker). This process stays the service's main process: it supervises the daemon,
-//! passes SIGTERM on, ends with it, and loads the preload archives once the daemon answers.
+//! passes SIGTERM on, ends with it, and once the daemon answers loads the preload archives and
+//! brings up the user-scope services (`ros service up` with the user Docker reachable).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,7 +244,7 @@ fn wait_ready(docker: &Path, socket: &str, wait: Duration) -> bool {
 }
 
 /// Starts the daemon in the storage context and supervises it; returns its exit status.
-pub fn run(d: &Docker) -> i32 {
+pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
         signals.add(s);
@@ -289,6 +290,7 @@ pub fn run(d: &Docker) -> i32 {
     if let Err(e) = std::os::unix::fs::symlink(root.join("usr/bin/docker"), cli) {
         say(format!("linking {} in {context}: {e}", cli.display()));
     }
+    cli_auths(auths);
     let custom = Path::new("/usr/local/bin/dockerd");
     let mut cmd = if custom.exists() {
         say(format!("using {context}'s /usr/local/bin/dockerd"));
@@ -324,6 +326,7 @@ pub fn run(d: &Docker) -> i32 {
             if wait_ready(docker, &socket, Duration::from_secs(300)) {
                 say("dockerd is ready");
                 preload(docker, &socket);
+                user_services(&socket);
             } else {
                 say("dockerd did not answer within 300s");
             }
@@ -347,6 +350,81 @@ pub fn run(d: &Docker) -> i32 {
                 };
             }
         }
+    }
+}
+
+/// Adds `rancher.registry_auths` to the `docker` CLI's config of root and of the console's
+/// users with a home under /home (other entries of their config.json are kept).
+fn cli_auths(auths: &crate::image::registry::RegistryAuths) {
+    use base64::Engine as _;
+    if auths.0.is_empty() {
+        return;
+    }
+    let mut homes: Vec<(PathBuf, u32, u32)> = vec![(PathBuf::from("/root"), 0, 0)];
+    for l in std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = l.split(':').collect();
+        if let [_, _, uid, gid, _, home, ..] = f[..]
+            && home.starts_with("/home/")
+            && let (Ok(u), Ok(g)) = (uid.parse(), gid.parse())
+        {
+            homes.push((PathBuf::from(home), u, g));
+        }
+    }
+    for (home, uid, gid) in homes {
+        if !home.is_dir() {
+            continue;
+        }
+        let dir = home.join(".docker");
+        let file = dir.join("config.json");
+        let mut cfg: serde_json::Value = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        for (registry, a) in &auths.0 {
+            let Some((user, password)) = a.credentials() else {
+                continue;
+            };
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            cfg["auths"][registry] = serde_json::json!({ "auth": encoded });
+        }
+        let write = std::fs::create_dir_all(&dir)
+            .and_then(|()| crate::fsutil::write_atomic(&file, cfg.to_string().as_bytes(), 0o600))
+            .and_then(|()| {
+                for p in [&dir, &file] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+                }
+                Ok(())
+            });
+        if let Err(e) = write {
+            say(format!("registry_auths into {}: {e}", file.display()));
+        }
+    }
+}
+
+/// Brings up the user-scope services now that the user Docker answers (`ros service up`
+/// with both engines: system services are kept as they are, user ones created or recreated by
+/// the same hash rule).
+fn user_services(socket: &str) {
+    match Command::new("/usr/bin/ros")
+        .args(["service", "up"])
+        .env("DOCKER_HOST", socket)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => {
+            let out = String::from_utf8_lossy(&o.stdout);
+            let err = String::from_utf8_lossy(&o.stderr);
+            for l in out.lines().chain(err.lines()) {
+                say(format!("service up: {l}"));
+            }
+            say(format!("user services: ros service up {}", o.status));
+        }
+        Err(e) => say(format!("user services: running ros service up: {e}")),
     }
 }
 

@@ -73,6 +73,8 @@ struct Guest {
     extra_nets: Vec<String>,
     /// More (host, guest) port forwards.
     hostfwd: Vec<(u16, u16)>,
+    /// `guestfwd=` rules.
+    guestfwd: Vec<String>,
     /// The images disk (the user Docker's image), attached read-only.
     images: Option<PathBuf>,
 }
@@ -89,6 +91,7 @@ impl Guest {
             memory_mb: 1024,
             extra_nets: vec![],
             hostfwd: vec![],
+            guestfwd: vec![],
             images: None,
         })
     }
@@ -104,6 +107,7 @@ impl Guest {
         spec.extra_nets = self.extra_nets.clone();
         spec.readonly_disks = self.images.iter().cloned().collect();
         spec.hostfwd = self.hostfwd.clone();
+        spec.guestfwd = self.guestfwd.clone();
         let t0 = Instant::now();
         let vm = spec.start()?;
         let ready = (|| -> Result<Ssh> {
@@ -196,6 +200,66 @@ fn services_running(ssh: &Ssh) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The host's registry as the guest reaches it (QEMU guestfwd), with its credentials.
+const REGISTRY: &str = "10.0.2.100:5000";
+const REGISTRY_USER: &str = "paddock";
+const REGISTRY_PASSWORD: &str = "s3cret-pw";
+
+/// A registry on the host behind basic auth, holding `paddock/private:1` (busybox).
+fn private_registry(dir: &Path, busybox: &Path) -> Result<testkit::registry::Registry> {
+    let reg = testkit::registry::Registry::start(
+        &dir.join("registry"),
+        testkit::registry::Auth::Basic {
+            user: REGISTRY_USER.into(),
+            password: REGISTRY_PASSWORD.into(),
+        },
+    )?;
+    let st = Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"))
+        .arg(format!("docker-archive:{}", busybox.display()))
+        .arg(format!("docker://{}/paddock/private:1", reg.addr))
+        .status()
+        .context("running skopeo")?;
+    ensure!(st.success(), "skopeo could not push to {}", reg.addr);
+    Ok(reg)
+}
+
+/// Waits until docker-init has run `ros service up` for the user services `n` times.
+fn user_services_done(ssh: &Ssh, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let logs = ssh.ok("sudo system-docker logs docker 2>&1")?;
+        if logs.matches("user services: ros service up").count() >= n {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "docker-init did not bring up the user services (pass {n}): {}",
+            logs.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Waits until the user Docker's container `name` runs.
+fn user_container_running(ssh: &Ssh, name: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        match ssh.ok(&format!(
+            "docker inspect -f '{{{{.Id}}}} {{{{.State.Running}}}}' {name}"
+        )) {
+            Ok(s) if s.trim().ends_with(" true") => return Ok(s),
+            r => ensure!(
+                Instant::now() < deadline,
+                "user-scope service {name} is not running in the user Docker ({r:?}): {}",
+                ssh.ok("sudo system-docker logs docker 2>&1 | tail -n 30")?
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// The lifecycle guest's `rancher.network.dns`, and eth1's static address.
@@ -401,6 +465,8 @@ fn user_docker(ssh: &Ssh, busybox: &Path, web_port: u16) -> Result<()> {
         "boot test: the user Docker answered rancher ({info}) {:.1}s after ssh did",
         t0.elapsed().as_secs_f64()
     );
+    // Once it answered, docker-init brought up the user services; wait for that pass first.
+    user_services_done(ssh, 1)?;
     // Preload: an archive dropped in the preload directory is loaded when docker starts.
     ssh.ok("sudo mkdir -p /var/lib/rancher/preload/docker")?;
     ssh.send(
@@ -409,6 +475,7 @@ fn user_docker(ssh: &Ssh, busybox: &Path, web_port: u16) -> Result<()> {
     )?;
     ssh.ok("sudo system-docker restart docker")?;
     docker_ready(ssh)?;
+    user_services_done(ssh, 2)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ssh.run("docker image inspect busybox")?.status.success() {
         ensure!(
@@ -421,6 +488,35 @@ fn user_docker(ssh: &Ssh, busybox: &Path, web_port: u16) -> Result<()> {
     ensure!(
         ssh.ok("docker run --rm busybox echo ok")?.trim() == "ok",
         "docker run"
+    );
+    // The user-scope service of the cloud-config runs in the user Docker (brought up once
+    // docker answered and busybox was there), and is recreated only when its definition changes.
+    let hello = || ssh.ok("docker inspect -f '{{.Id}} {{.State.Running}}' hello");
+    let first = user_container_running(ssh, "hello")?;
+    ssh.ok("sudo ros service up")?;
+    ensure!(hello()? == first, "an unchanged user service was recreated");
+    ssh.ok("sudo ros config set rancher.services.hello.environment '[MARK=2]'")?;
+    ssh.ok("sudo ros service up")?;
+    let second = hello()?;
+    ensure!(
+        second != first && second.trim().ends_with(" true"),
+        "a changed user service was not recreated: {first:?} then {second:?}"
+    );
+    let env = ssh.ok("docker inspect -f '{{.Config.Env}}' hello")?;
+    ensure!(
+        env.contains("MARK=2"),
+        "the recreated service lacks its new env: {env}"
+    );
+    // rancher.registry_auths: the user-scope service's image came from the host's registry
+    // with them, and the docker CLI of rancher has them too.
+    user_container_running(ssh, "private")?;
+    let image = format!("{REGISTRY}/paddock/private:1");
+    ssh.ok(&format!("docker pull -q {image}"))?;
+    ssh.ok(&format!("docker logout {REGISTRY}"))?;
+    let o = ssh.run(&format!("docker pull -q {image}"))?;
+    ensure!(
+        !o.status.success(),
+        "the registry let a pull without credentials through"
     );
     // The storage context: the console's own /tmp (not shared with the host) and /home.
     ssh.ok("echo from-the-console > /tmp/ctx-proof")?;
@@ -485,7 +581,26 @@ fn lifecycle(
          \x20   interfaces:\n\
          \x20     eth1:\n\
          \x20       address: {STATIC_ADDR}\n\
-         \x20       mtu: 1400\n"
+         \x20       mtu: 1400\n\
+         \x20 docker:\n\
+         \x20   insecure_registry: [{REGISTRY}]\n\
+         \x20 registry_auths:\n\
+         \x20   '{REGISTRY}':\n\
+         \x20     username: {REGISTRY_USER}\n\
+         \x20     password: {REGISTRY_PASSWORD}\n\
+         \x20 services:\n\
+         \x20   private:\n\
+         \x20     image: {REGISTRY}/paddock/private:1\n\
+         \x20     command: [sh, -c, \"trap 'exit 0' TERM; httpd -f -p 8082 & wait\"]\n\
+         \x20     restart: always\n\
+         \x20     labels:\n\
+         \x20       io.rancher.os.scope: user\n\
+         \x20   hello:\n\
+         \x20     image: busybox\n\
+         \x20     command: [sh, -c, \"trap 'exit 0' TERM; httpd -f -p 8081 & wait\"]\n\
+         \x20     restart: always\n\
+         \x20     labels:\n\
+         \x20       io.rancher.os.scope: user\n"
     );
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-boottest", HOSTNAME).iso(&seed)?;
@@ -500,6 +615,9 @@ fn lifecycle(
     // The host port forwarded to the guest's 8080 (a published container port).
     let web_port = qemu::free_port()?;
     g.hostfwd = vec![(web_port, 8080)];
+    let registry = private_registry(dir, busybox)?;
+    let (ip, port) = REGISTRY.split_once(':').context("REGISTRY is ip:port")?;
+    g.guestfwd = vec![qemu::guestfwd_to(ip, port.parse()?, &registry.addr)?];
 
     let (mut vm, ssh) = g.boot("first boot")?;
     let first_key = with_vm(
@@ -598,6 +716,18 @@ fn lifecycle(
                 kept.trim() == "persisted",
                 "the named volume after reboot: {kept:?}"
             );
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !ssh
+                .run("docker inspect -f '{{.State.Running}}' hello")?
+                .stdout
+                .starts_with(b"true")
+            {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the user-scope service hello did not come back after the reboot"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
             // The state partition has the images: this boot only freed their RAM.
             ensure!(
                 console_has(&vm, " 0 layers and blobs copied"),

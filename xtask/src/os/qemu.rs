@@ -348,6 +348,44 @@ impl Drop for Vm {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; qemu binds it right after).
+/// Copies stdin to a TCP connection to `addr` and the connection to stdout until both ends
+/// close: what a `guestfwd=...-cmd:` rule runs (see [`guestfwd_to`]).
+pub fn proxy(addr: &str) -> Result<()> {
+    let up = std::net::TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
+    let mut down = up.try_clone()?;
+    let mut up_w = up.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up_w);
+        let _ = up_w.shutdown(std::net::Shutdown::Write);
+    });
+    // Rust's stdout is line-buffered: flush every read, or a reply's tail without a newline
+    // would sit in the buffer while the client waits for it.
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // The upstream closed: returning ends the process, which closes the guest's side too.
+    Ok(())
+}
+
+/// A `guestfwd` rule: the guest's `guest_ip:guest_port` reaches `host_addr` on this machine
+/// (through `xtask __proxy`, one per connection; nothing leaves the machine).
+pub fn guestfwd_to(guest_ip: &str, guest_port: u16, host_addr: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    Ok(format!(
+        "tcp:{guest_ip}:{guest_port}-cmd:{} __proxy {host_addr}",
+        exe.display()
+    ))
+}
+
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())

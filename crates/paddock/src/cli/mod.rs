@@ -127,8 +127,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             let cfg =
                 crate::config::sources::load(&ctx.root, crate::config::sources::LoadOptions::FULL)
                     .config();
+            let auths =
+                crate::image::registry::RegistryAuths::from_config(&cfg.rancher.registry_auths);
             Ok(ExitCode::from(
-                crate::userdocker::run(&cfg.rancher.docker).clamp(0, 255) as u8,
+                crate::userdocker::run(&cfg.rancher.docker, &auths).clamp(0, 255) as u8,
             ))
         }
         Command::Shim { dir } => Ok(ExitCode::from(

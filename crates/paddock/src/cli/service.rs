@@ -141,8 +141,11 @@ impl World {
         }
         let resolver = Resolver::new(ctx.root.clone(), &config.rancher, update);
         let loaded = collect(&config.rancher, &resolver, &env);
+        let auths =
+            crate::image::registry::RegistryAuths::from_config(&config.rancher.registry_auths);
         let system = ApiEngine {
-            client: Client::new(&system_engine_host(args.host.as_deref()))?,
+            client: Client::new(&system_engine_host(args.host.as_deref()))?
+                .with_registry_auths(auths.clone()),
             scope: Scope::System,
         };
         let user_host = args
@@ -152,6 +155,7 @@ impl World {
             .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
         let user = Client::new(&user_host)
             .ok()
+            .map(|c| c.with_registry_auths(auths))
             .filter(|c| c.ping().is_ok())
             .map(|client| ApiEngine {
                 client,

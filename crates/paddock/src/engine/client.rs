@@ -62,6 +62,8 @@ type Sent = (u16, Vec<(String, String)>, BufReader<UnixStream>);
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// Credentials sent with pulls (`X-Registry-Auth`), by registry.
+    auths: crate::image::registry::RegistryAuths,
 }
 
 /// Where clients find the system engine: `-H`, then `SYSTEM_DOCKER_HOST`, then the default.
@@ -119,7 +121,14 @@ impl Client {
         }
         Ok(Client {
             socket: PathBuf::from(path),
+            auths: Default::default(),
         })
+    }
+
+    /// Sends these credentials with pulls from their registries.
+    pub fn with_registry_auths(mut self, auths: crate::image::registry::RegistryAuths) -> Client {
+        self.auths = auths;
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -133,12 +142,13 @@ impl Client {
         }
     }
 
-    fn send(
+    fn send_with(
         &self,
         method: &str,
         path: &str,
         content_type: Option<&str>,
         body: Option<&mut dyn Read>,
+        extra: &[(&str, String)],
     ) -> Result<Sent, ClientError> {
         let stream = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
             socket: self.socket.clone(),
@@ -150,6 +160,9 @@ impl Client {
         );
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
         }
         match body {
             Some(b) => {
@@ -190,7 +203,18 @@ impl Client {
         content_type: Option<&str>,
         body: Option<&mut dyn Read>,
     ) -> Result<Response, ClientError> {
-        let (status, headers, r) = self.send(method, path, content_type, body)?;
+        self.request_with(method, path, content_type, body, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<&mut dyn Read>,
+        extra: &[(&str, String)],
+    ) -> Result<Response, ClientError> {
+        let (status, headers, r) = self.send_with(method, path, content_type, body, extra)?;
         let chunked = headers.iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
         });
@@ -417,11 +441,18 @@ impl Client {
         reference: &str,
         mut progress: impl FnMut(&ProgressMessage),
     ) -> Result<(), ClientError> {
-        let resp = self.request(
+        let auth = reference
+            .parse::<crate::image::Reference>()
+            .ok()
+            .and_then(|r| self.auths.lookup(&r.domain).cloned())
+            .map(|a| registry_auth_header(&a));
+        let extra: Vec<(&str, String)> = auth.into_iter().map(|h| ("X-Registry-Auth", h)).collect();
+        let resp = self.request_with(
             "POST",
             &format!("/images/create?fromImage={}", enc(reference)),
             None,
             None,
+            &extra,
         )?;
         for line in BufReader::new(resp.body).lines() {
             let line = line.map_err(|e| self.io(e))?;
@@ -573,6 +604,18 @@ impl<R: BufRead> Read for Chunked<R> {
         }
         Ok(n)
     }
+}
+
+/// docker's `X-Registry-Auth`: URL-safe base64 of the credentials as JSON.
+fn registry_auth_header(a: &crate::image::registry::AuthConfig) -> String {
+    use base64::Engine as _;
+    let json = match a.credentials() {
+        Some((username, password)) => {
+            serde_json::json!({"username": username, "password": password})
+        }
+        None => serde_json::json!({"identitytoken": a.identitytoken.clone().unwrap_or_default()}),
+    };
+    base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
 }
 
 #[cfg(test)]

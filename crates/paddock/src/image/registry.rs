@@ -70,6 +70,29 @@ impl RegistryAuths {
         })
     }
 
+    /// `rancher.registry_auths` of the cloud-config.
+    pub fn from_config(
+        auths: &BTreeMap<String, crate::config::model::RegistryAuth>,
+    ) -> RegistryAuths {
+        let s = |l: &Option<crate::config::types::Line>| l.as_ref().map(|l| l.to_string());
+        RegistryAuths(
+            auths
+                .iter()
+                .map(|(k, a)| {
+                    (
+                        k.clone(),
+                        AuthConfig {
+                            auth: s(&a.auth),
+                            username: s(&a.username),
+                            password: s(&a.password),
+                            identitytoken: s(&a.identitytoken),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// Reads docker's config.json shape (`{"auths": {...}}`) or a bare map of registries.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         #[derive(Deserialize)]
