@@ -827,15 +827,34 @@ pub fn bench(dist: &Dist) -> Result<()> {
     let seed = dir.join("seed.iso");
     NoCloud::new(&user_data, "paddock-bench", "paddock").iso(&seed)?;
     let state = dir.join("state.img");
-    qemu::blank_disk(&state, 512)?;
+    qemu::blank_disk(&state, 2048)?;
+    let busybox = busybox_archive(&dir)?;
     let boot = kernel_boot(dist);
     let mut g = Guest::new(&dir, &key, boot, vec![state, seed])?;
+    g.images = Some(dist.images.clone());
     let mut rows: Vec<(String, String, &str)> = vec![];
     let mut idle = String::new();
     for which in ["first boot (blank state disk)", "second boot"] {
         let t0 = Instant::now();
         let (mut vm, ssh) = g.boot(which)?;
         let total = t0.elapsed().as_secs_f64();
+        docker_ready(&ssh)?;
+        rows.push((
+            format!("{which}: qemu start -> `docker info` answers"),
+            format!("{:.1} s", t0.elapsed().as_secs_f64()),
+            "qemu.md: plain dockerd ready 11-13 s after it starts",
+        ));
+        if which == "second boot" {
+            let t = Instant::now();
+            ssh.ok("docker run --rm busybox true")?;
+            rows.push((
+                "docker run --rm busybox true".into(),
+                format!("{:.1} s", t.elapsed().as_secs_f64()),
+                "qemu.md: ~4.5 s per run, Debian's dockerd in this guest",
+            ));
+        } else {
+            ssh.send("docker load -q", &busybox)?;
+        }
         let init_at = vm
             .lines()
             .iter()
@@ -863,7 +882,7 @@ pub fn bench(dist: &Dist) -> Result<()> {
         vm.wait_exit(Duration::from_secs(120))?;
     }
     rows.push((
-        "guest memory used at idle (free)".into(),
+        "guest memory used at idle, user Docker running (free)".into(),
         format!("{idle} MB"),
         "RancherOS v0.4: ~80 MB used",
     ));
@@ -905,7 +924,7 @@ pub fn bench(dist: &Dist) -> Result<()> {
         println!("{what:<58} {ours:>10}   {peer}");
     }
     println!(
-        "targets: second boot <= 3.5 s to ssh, idle <= 32 MB, boots with -m 128, ISO <= 20 MB"
+        "targets: second boot <= 3.5 s to ssh, idle <= 32 MB (<= 96 MB with the user Docker), boots with -m 128, ISO <= 20 MB"
     );
     Ok(())
 }
