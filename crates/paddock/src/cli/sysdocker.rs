@@ -235,7 +235,18 @@ fn each(names: &[String], f: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::
 
 fn run(a: Args) -> anyhow::Result<ExitCode> {
     let host = system_engine_host(a.host.as_deref());
-    let c = Client::new(&host)?;
+    let mut c = Client::new(&host)?;
+    if matches!(a.cmd, Cmd::Pull { .. } | Cmd::Run { .. }) {
+        // Pulls carry rancher.registry_auths, as the service layer's do.
+        let cfg = crate::config::sources::load(
+            &crate::root::Root::new("/"),
+            crate::config::sources::LoadOptions::FULL,
+        )
+        .config();
+        c = c.with_registry_auths(crate::image::registry::RegistryAuths::from_config(
+            &cfg.rancher.registry_auths,
+        ));
+    }
     match a.cmd {
         Cmd::Version => {
             let v: serde_json::Value = c.json("GET", "/version", None::<&()>)?;
