@@ -336,6 +336,7 @@ pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
             Ok(Signal::SIGCHLD) => {
                 if let Ok(Some(st)) = child.try_wait() {
                     say(format!("dockerd ended: {st}"));
+                    detach(root);
                     return st.code().unwrap_or(1);
                 }
             }
@@ -344,10 +345,12 @@ pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
                     nix::unistd::Pid::from_raw(child.id() as i32),
                     Signal::SIGTERM,
                 );
-                return match child.wait() {
+                let code = match child.wait() {
                     Ok(st) => st.code().unwrap_or(0),
                     Err(_) => 0,
                 };
+                detach(root);
+                return code;
             }
         }
     }
@@ -374,11 +377,14 @@ fn cli_auths(auths: &crate::image::registry::RegistryAuths) {
         }
     }
     for (home, uid, gid) in homes {
-        if !home.is_dir() {
-            continue;
-        }
         let dir = home.join(".docker");
         let file = dir.join("config.json");
+        // Users own these paths: never follow a link they may have planted.
+        let is_link =
+            |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+        if !home.is_dir() || is_link(&home) || is_link(&dir) || is_link(&file) {
+            continue;
+        }
         let mut cfg: serde_json::Value = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -390,28 +396,45 @@ fn cli_auths(auths: &crate::image::registry::RegistryAuths) {
             };
             let encoded =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            if !cfg["auths"].is_object() {
+                cfg["auths"] = serde_json::json!({});
+            }
             cfg["auths"][registry] = serde_json::json!({ "auth": encoded });
         }
         let write = std::fs::create_dir_all(&dir)
-            .and_then(|()| crate::fsutil::write_atomic(&file, cfg.to_string().as_bytes(), 0o600))
-            .and_then(|()| {
-                for p in [&dir, &file] {
-                    std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
-                }
-                Ok(())
-            });
+            .and_then(|()| std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)))
+            .and_then(|()| write_new(&file, cfg.to_string().as_bytes(), uid, gid));
         if let Err(e) = write {
             say(format!("registry_auths into {}: {e}", file.display()));
         }
     }
 }
 
-/// Brings up the user-scope services now that the user Docker answers (`ros service up`
-/// with both engines: system services are kept as they are, user ones created or recreated by
-/// the same hash rule).
+/// Replaces `path` by a new file (created exclusively, never through a link) owned by
+/// `uid:gid`, mode 0600.
+fn write_new(path: &Path, data: &[u8], uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("json.paddock-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Brings up the user-scope services now that the user Docker answers (`ros service up
+/// --user-scope`: only they, created or recreated by the same hash rule as system services;
+/// a full `up` would also re-run the system one-shots).
 fn user_services(socket: &str) {
     match Command::new("/usr/bin/ros")
-        .args(["service", "up"])
+        .args(["service", "up", "--user-scope"])
         .env("DOCKER_HOST", socket)
         .stdin(Stdio::null())
         .output()
@@ -426,6 +449,12 @@ fn user_services(socket: &str) {
         }
         Err(e) => say(format!("user services: running ros service up: {e}")),
     }
+}
+
+/// Detaches the image from the storage context once the daemon is gone (the clone would
+/// otherwise keep this container's overlay alive past its end).
+fn detach(root: &Path) {
+    let _ = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH);
 }
 
 /// Joins the mount namespace of process `pid` (this process must still be single-threaded).

@@ -181,7 +181,8 @@ case "$1" in
     ip -4 addr add "$ip/${mask:-24}" ${broadcast:+broadcast $broadcast} dev "$interface"
     if [ -n "$router" ]; then
       while ip -4 route del default dev "$interface" 2>/dev/null; do :; done
-      metric=0
+      # One default route per link, ordered by the link's index (eth0 first).
+      metric=$(( $(cat /sys/class/net/$interface/ifindex 2>/dev/null || echo 1) * 10 ))
       for r in $router; do
         ip -4 route add default via "$r" dev "$interface" metric $metric
         metric=$((metric + 1))

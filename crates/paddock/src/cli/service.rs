@@ -78,6 +78,10 @@ pub enum ServiceCmd {
         format: Format,
         /// Only these services (and what they depend on); nothing is removed.
         names: Vec<String>,
+        /// Only the user-scope services (and what they depend on): what the docker service
+        /// runs once the user Docker answers.
+        #[arg(long, conflicts_with = "names")]
+        user_scope: bool,
     },
     /// Start services' containers.
     Start {
@@ -214,6 +218,24 @@ pub fn run(args: ServiceArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let w = World::load(ctx, &args, update)?;
     match &args.cmd {
         ServiceCmd::List { all, format, .. } => list(ctx, &w, *all, *format),
+        ServiceCmd::Up {
+            dry_run,
+            format,
+            user_scope: true,
+            ..
+        } => {
+            let user: Vec<String> = w
+                .loaded
+                .services
+                .iter()
+                .filter(|(_, d)| labels::RosLabels::from_labels(&d.labels).scope == Scope::User)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if user.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            up(&w, *dry_run, *format, &user)
+        }
         ServiceCmd::Up {
             dry_run,
             format,

@@ -445,7 +445,7 @@ impl Client {
             .parse::<crate::image::Reference>()
             .ok()
             .and_then(|r| self.auths.lookup(&r.domain).cloned())
-            .map(|a| registry_auth_header(&a));
+            .and_then(|a| registry_auth_header(&a));
         let extra: Vec<(&str, String)> = auth.into_iter().map(|h| ("X-Registry-Auth", h)).collect();
         let resp = self.request_with(
             "POST",
@@ -607,21 +607,48 @@ impl<R: BufRead> Read for Chunked<R> {
 }
 
 /// docker's `X-Registry-Auth`: URL-safe base64 of the credentials as JSON.
-fn registry_auth_header(a: &crate::image::registry::AuthConfig) -> String {
+fn registry_auth_header(a: &crate::image::registry::AuthConfig) -> Option<String> {
     use base64::Engine as _;
-    let json = match a.credentials() {
-        Some((username, password)) => {
+    let json = match (a.credentials(), &a.identitytoken) {
+        (Some((username, password)), _) => {
             serde_json::json!({"username": username, "password": password})
         }
-        None => serde_json::json!({"identitytoken": a.identitytoken.clone().unwrap_or_default()}),
+        (None, Some(token)) => serde_json::json!({"identitytoken": token}),
+        (None, None) => return None,
     };
-    base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
+    Some(base64::engine::general_purpose::URL_SAFE.encode(json.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn registry_auth_headers_carry_credentials_or_nothing() {
+        use crate::image::registry::AuthConfig;
+        use base64::Engine as _;
+        let decode = |h: String| -> serde_json::Value {
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE.decode(h).unwrap())
+                .unwrap()
+        };
+        let basic = AuthConfig {
+            auth: Some("dTpwOnc=".into()), // u:p:w
+            ..Default::default()
+        };
+        let h = decode(registry_auth_header(&basic).unwrap());
+        assert_eq!(h["username"], "u");
+        assert_eq!(h["password"], "p:w");
+        let token = AuthConfig {
+            identitytoken: Some("tok".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(registry_auth_header(&token).unwrap())["identitytoken"],
+            "tok"
+        );
+        assert_eq!(registry_auth_header(&AuthConfig::default()), None);
+    }
 
     #[test]
     fn chunked_bodies_decode() {

@@ -1044,7 +1044,14 @@ impl Engine {
             Ok(id) => id,
             Err(e) => return self.removed_exit_code(what).ok_or(e),
         };
-        self.wait_until(&id, None, |_| false);
+        // A removal that failed leaves the container dead: that ends the wait too.
+        self.wait_until(&id, None, |c| c.status == Status::Dead);
+        if let Ok(c) = self.get(&id) {
+            return Err(EngineError::Conflict(format!(
+                "container {what} could not be removed: {}",
+                c.error
+            )));
+        }
         Ok(self.removed_exit_code(&id).unwrap_or(0))
     }
 

@@ -858,8 +858,12 @@ pub fn main() -> i32 {
         if !installed && let Err(e) = bind(&shipped, &store) {
             log(e);
         }
+        if installed {
+            add_images_disk(&store);
+        } else {
+            log("no state partition for the images disk's images: they are not copied into RAM");
+        }
     }
-    add_images_disk(&store);
     let engine = EngineProc {
         reaper: reaper.clone(),
     };

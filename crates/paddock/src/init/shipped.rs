@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -54,30 +54,15 @@ fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, Strin
         let d = store.join(sub);
         fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
     }
-    // Everything that can refuse, before anything moves: the caller then uses `shipped` as is.
+    // Everything that can refuse, before anything is copied.
     let store_index = read_index(&store.join("images.json"))?;
     let shipped_index = read_index(&shipped.join("images.json"))?;
-    let need = du(shipped);
-    let free = nix::sys::statvfs::statvfs(store)
-        .map(|s| s.blocks_available() * s.fragment_size())
-        .map_err(|e| err(store.display(), e))?;
-    if free < need + need / 10 {
-        return Err(format!(
-            "{}: {} MB free, the shipped images need {} MB",
-            store.display(),
-            free >> 20,
-            need >> 20
-        ));
-    }
     let tmp = store.join("tmp");
     let mut done = Installed::default();
-    // (staged path, final path) of everything new.
-    let mut staged = vec![];
-    let mut links = HashMap::new();
-    let mut problems = vec![];
+    // (source, staged path, final path) of what the store lacks.
+    let mut missing: Vec<(PathBuf, PathBuf, PathBuf)> = vec![];
     for (sub, prefix) in [("blobs/sha256", "blob-"), ("layers", "layer-")] {
-        let from_dir = shipped.join(sub);
-        let Ok(rd) = fs::read_dir(&from_dir) else {
+        let Ok(rd) = fs::read_dir(shipped.join(sub)) else {
             continue;
         };
         for e in rd.flatten() {
@@ -85,31 +70,59 @@ fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, Strin
             let target = store.join(sub).join(&name);
             if target.exists() {
                 done.reused += 1;
-                continue;
-            }
-            let stage = tmp.join(format!("{prefix}{}", name.to_string_lossy()));
-            if stage.exists() {
-                fs::remove_dir_all(&stage)
-                    .or_else(|_| fs::remove_file(&stage))
-                    .map_err(|e| err(stage.display(), e))?;
-            }
-            if e.path().is_dir() {
-                fs::create_dir(&stage).map_err(|e| err(stage.display(), e))?;
-                copy_dir(&e.path(), &stage, dev, &mut links, &mut problems, keep);
             } else {
-                copy_entry(&e.path(), &stage, dev, &mut links, &mut problems, keep)
-                    .map_err(|e| err(stage.display(), e))?;
+                let stage = tmp.join(format!("{prefix}{}", name.to_string_lossy()));
+                missing.push((e.path(), stage, target));
             }
-            if let Some(p) = problems.first() {
-                return Err(format!("moving {}: {p}", e.path().display()));
-            }
-            staged.push((stage, target));
+        }
+    }
+    let (need, inodes) = missing.iter().fold((0, 0), |(b, n), (src, _, _)| {
+        let (b2, n2) = usage(src);
+        (b + b2, n + n2)
+    });
+    let vfs = nix::sys::statvfs::statvfs(store).map_err(|e| err(store.display(), e))?;
+    let free = vfs.blocks_available() * vfs.fragment_size();
+    if free < need + need / 10 + (8 << 20) || vfs.files_available() < inodes + inodes / 10 {
+        return Err(format!(
+            "{}: {} MB and {} inodes free, the images need {} MB and {} inodes",
+            store.display(),
+            free >> 20,
+            vfs.files_available(),
+            need >> 20,
+            inodes
+        ));
+    }
+    // Copied (never moved) while staging: a failure leaves the source whole for the caller.
+    let unstage = |missing: &[(PathBuf, PathBuf, PathBuf)]| {
+        for (_, stage, _) in missing {
+            let _ = fs::remove_dir_all(stage).or_else(|_| fs::remove_file(stage));
+        }
+    };
+    let mut links = HashMap::new();
+    let mut problems = vec![];
+    for (src, stage, _) in &missing {
+        if fs::symlink_metadata(stage).is_ok() {
+            let _ = fs::remove_dir_all(stage).or_else(|_| fs::remove_file(stage));
+        }
+        let r = if src.is_dir() {
+            fs::create_dir(stage)
+                .map(|()| copy_dir(src, stage, dev, &mut links, &mut problems, true))
+        } else {
+            copy_entry(src, stage, dev, &mut links, &mut problems, true)
+        };
+        if let Some(p) = r.err().map(|e| e.to_string()).or(problems.first().cloned()) {
+            unstage(&missing);
+            return Err(format!("copying {}: {p}", src.display()));
         }
     }
     // Contents on disk before the names that make them visible.
     nix::unistd::sync();
-    for (stage, target) in &staged {
-        fs::rename(stage, target).map_err(|e| err(target.display(), e))?;
+    for (_, stage, target) in &missing {
+        if let Err(e) = fs::rename(stage, target) {
+            // What was renamed already is unnamed data, which prune removes.
+            unstage(&missing);
+            return Err(err(target.display(), e));
+        }
         done.moved += 1;
     }
     let index = merge_index(&store_index, &shipped_index);
@@ -120,25 +133,35 @@ fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, Strin
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
     crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
         .map_err(|e| err(store.join("images.json").display(), e))?;
+    // Only now, with the images named in the store, does the source go.
     if !keep {
         fs::remove_dir_all(shipped).map_err(|e| err(shipped.display(), e))?;
     }
     Ok(done)
 }
 
-/// Bytes of the regular files below `dir` (hard links counted once).
-fn du(dir: &Path) -> u64 {
-    fn go(d: &Path, seen: &mut std::collections::HashSet<u64>) -> u64 {
-        let Ok(rd) = fs::read_dir(d) else { return 0 };
-        rd.flatten()
-            .map(|e| match e.metadata() {
-                Ok(m) if m.is_dir() => go(&e.path(), seen),
-                Ok(m) if m.is_file() && seen.insert(m.ino()) => m.size(),
-                _ => 0,
+/// Bytes allocated below `path` (blocks, hard links counted once, 4 KiB per directory) and the
+/// number of inodes it takes.
+fn usage(path: &Path) -> (u64, u64) {
+    fn go(p: &Path, seen: &mut std::collections::HashSet<u64>) -> (u64, u64) {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return (0, 0);
+        };
+        if m.is_dir() {
+            let Ok(rd) = fs::read_dir(p) else {
+                return (4096, 1);
+            };
+            rd.flatten().fold((4096, 1), |(b, n), e| {
+                let (b2, n2) = go(&e.path(), seen);
+                (b + b2, n + n2)
             })
-            .sum()
+        } else if seen.insert(m.ino()) {
+            ((m.blocks() * 512).max(m.size().div_ceil(4096) * 4096), 1)
+        } else {
+            (0, 0)
+        }
     }
-    go(dir, &mut std::collections::HashSet::new())
+    go(path, &mut std::collections::HashSet::new())
 }
 
 fn read_index(p: &Path) -> Result<Value, String> {
