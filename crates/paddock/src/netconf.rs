@@ -126,29 +126,19 @@ pub fn plan(net: &Network, defaults: &Network, links: &[Link]) -> Vec<Step> {
             let family = if a.contains(':') { "-6" } else { "-4" };
             steps.push(ip(&[family, "addr", "add", a, "dev", name]));
         }
-        if let Some(gw) = &c.gateway {
-            steps.push(ip(&[
-                "-4",
-                "route",
-                "replace",
-                "default",
-                "via",
-                gw.as_str(),
-                "dev",
-                name,
-            ]));
-        }
-        if let Some(gw) = &c.gateway_ipv6 {
-            steps.push(ip(&[
-                "-6",
-                "route",
-                "replace",
-                "default",
-                "via",
-                gw.as_str(),
-                "dev",
-                name,
-            ]));
+        for (family, gw) in [("-4", &c.gateway), ("-6", &c.gateway_ipv6)] {
+            if let Some(gw) = gw {
+                let route = [
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    gw.as_str(),
+                    "dev",
+                    name,
+                ];
+                steps.push(ip(&[&[family][..], &route].concat()));
+            }
         }
         if c.dhcp == Some(true) {
             let mut args: Vec<String> = [

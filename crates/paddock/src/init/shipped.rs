@@ -93,17 +93,19 @@ fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, Strin
         ));
     }
     // Copied (never moved) while staging: a failure leaves the source whole for the caller.
+    let remove = |p: &Path| {
+        let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+    };
     let unstage = |missing: &[(PathBuf, PathBuf, PathBuf)]| {
         for (_, stage, _) in missing {
-            let _ = fs::remove_dir_all(stage).or_else(|_| fs::remove_file(stage));
+            remove(stage);
         }
     };
     let mut links = HashMap::new();
     let mut problems = vec![];
     for (src, stage, _) in &missing {
-        if fs::symlink_metadata(stage).is_ok() {
-            let _ = fs::remove_dir_all(stage).or_else(|_| fs::remove_file(stage));
-        }
+        // A leftover of an interrupted boot.
+        remove(stage);
         let r = if src.is_dir() {
             fs::create_dir(stage)
                 .map(|()| copy_dir(src, stage, dev, &mut links, &mut problems, true))
