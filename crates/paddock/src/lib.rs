@@ -12,4 +12,5 @@ pub mod init;
 pub mod netconf;
 pub mod root;
 pub mod service;
+pub mod tls;
 pub mod userdocker;

@@ -218,6 +218,7 @@ struct DhcpClient {
 impl DhcpClient {
     fn spawn(&mut self) {
         let mut cmd = Command::new("udhcpc");
+        paddock_sys::unblock_signals_on_exec(&mut cmd);
         cmd.args(&self.args).stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -255,13 +256,17 @@ pub fn run(net: &Network, defaults: &Network, user_dns: bool) -> i32 {
     let mut clients = vec![];
     for step in plan(net, defaults, &links) {
         match step {
-            Step::Ip(args) => match Command::new("ip").args(&args).stdin(Stdio::null()).status() {
+            Step::Ip(args) => match paddock_sys::unblock_signals_on_exec(&mut Command::new("ip"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .status()
+            {
                 Ok(st) if st.success() => say(format!("ip {}", args.join(" "))),
                 Ok(st) => say(format!("ip {}: {st}", args.join(" "))),
                 Err(e) => say(format!("ip {}: {e}", args.join(" "))),
             },
             Step::Shell(cmd) => {
-                match Command::new("sh")
+                match paddock_sys::unblock_signals_on_exec(&mut Command::new("sh"))
                     .args(["-c", &cmd])
                     .stdin(Stdio::null())
                     .status()

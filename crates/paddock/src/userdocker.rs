@@ -198,7 +198,7 @@ fn preload(docker: &Path, socket: &str) {
         if done.lines().any(|l| l == key) {
             continue;
         }
-        match Command::new(docker)
+        match paddock_sys::unblock_signals_on_exec(&mut Command::new(docker))
             .args(["-H", socket, "load", "-q", "-i"])
             .arg(&f)
             .stdin(Stdio::null())
@@ -228,7 +228,7 @@ fn preload(docker: &Path, socket: &str) {
 fn wait_ready(docker: &Path, socket: &str, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        let ok = Command::new(docker)
+        let ok = paddock_sys::unblock_signals_on_exec(&mut Command::new(docker))
             .args(["-H", socket, "version", "--format", "{{.Server.Version}}"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -291,6 +291,13 @@ pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
         say(format!("linking {} in {context}: {e}", cli.display()));
     }
     cli_auths(auths);
+    if d.tls == Some(true)
+        && let Err(e) = server_tls(d)
+    {
+        say(format!("rancher.docker.tls: {e}"));
+        detach(root);
+        return 1;
+    }
     let custom = Path::new("/usr/local/bin/dockerd");
     let mut cmd = if custom.exists() {
         say(format!("using {context}'s /usr/local/bin/dockerd"));
@@ -301,6 +308,7 @@ pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
         c.envs(env);
         c
     };
+    paddock_sys::unblock_signals_on_exec(&mut cmd);
     let args = daemon_args(d);
     say(format!(
         "dockerd {} (in {context}'s mount namespace)",
@@ -354,6 +362,42 @@ pub fn run(d: &Docker, auths: &crate::image::registry::RegistryAuths) -> i32 {
             }
         }
     }
+}
+
+/// Puts the server pair and the CA where `tls_args` name them ([`crate::tls::SERVER_DIR`]):
+/// from the config when it has them, else generated once and kept in
+/// [`crate::tls::STATE_DIR`].
+fn server_tls(d: &Docker) -> Result<(), crate::tls::TlsError> {
+    use crate::tls;
+    fn both<'a>(a: &'a Option<String>, b: &'a Option<String>) -> Option<(&'a str, &'a str)> {
+        a.as_deref().zip(b.as_deref())
+    }
+    let state = Path::new(tls::STATE_DIR);
+    let configured_server = both(&d.server_cert, &d.server_key);
+    let (ca_cert, pair) = match (configured_server, &d.ca_cert) {
+        (Some((cert, key)), Some(ca)) => (
+            ca.clone(),
+            tls::Pair {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            },
+        ),
+        _ => {
+            let (ca, created) = tls::Ca::load_or_create(both(&d.ca_cert, &d.ca_key), state)?;
+            if created {
+                say(format!("created a CA in {}", state.display()));
+            }
+            let hostname = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok());
+            let names = tls::default_server_names(hostname.as_deref(), &[]);
+            let pair = tls::server_pair(configured_server, &ca, state, &names)?;
+            (ca.cert_pem().to_owned(), pair)
+        }
+    };
+    tls::install_server(&ca_cert, &pair, Path::new(tls::SERVER_DIR))?;
+    say(format!("tls: server certificate in {}", tls::SERVER_DIR));
+    Ok(())
 }
 
 /// Adds `rancher.registry_auths` to the `docker` CLI's config of root and of the console's
@@ -433,7 +477,7 @@ fn write_new(path: &Path, data: &[u8], uid: u32, gid: u32) -> std::io::Result<()
 /// --user-scope`: only they, created or recreated by the same hash rule as system services;
 /// a full `up` would also re-run the system one-shots).
 fn user_services(socket: &str) {
-    match Command::new("/usr/bin/ros")
+    match paddock_sys::unblock_signals_on_exec(&mut Command::new("/usr/bin/ros"))
         .args(["service", "up", "--user-scope"])
         .env("DOCKER_HOST", socket)
         .stdin(Stdio::null())

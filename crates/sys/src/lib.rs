@@ -20,6 +20,32 @@ pub fn default_sigpipe() -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the child `cmd` starts begin with no signal blocked.
+///
+/// A blocked mask survives `fork` and `execve`, and the standard library's spawn keeps it. The
+/// processes that take signals synchronously (init, the network and docker services) block
+/// SIGTERM and SIGCHLD; without this their children (udhcpc, dockerd) would inherit that and
+/// never see the SIGTERM that should stop them.
+pub fn unblock_signals_on_exec(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it calls sigemptyset and pthread_sigmask, both
+    // async-signal-safe, on a set that lives on its own stack, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(set.as_mut_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A detached copy of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`; with
 /// `recursive`, its submounts too). The copy outlives a change of mount namespace, so it can be
 /// attached in another one with [`attach_mount`].
@@ -82,6 +108,40 @@ mod tests {
             .trim()
             .to_owned();
         u64::from_str_radix(&ign, 16).unwrap() & (1 << (libc::SIGPIPE - 1)) != 0
+    }
+
+    #[test]
+    fn children_start_with_no_blocked_signal() {
+        // Block SIGUSR1 in a fresh thread only (the mask is per thread), then spawn from it.
+        let blocked_in_child = |clear: bool| {
+            std::thread::spawn(move || {
+                let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                // SAFETY: test code: a set on this stack, initialised before use.
+                let rc = unsafe {
+                    libc::sigemptyset(set.as_mut_ptr());
+                    libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
+                };
+                assert_eq!(rc, 0);
+                let mut cmd = std::process::Command::new("grep");
+                cmd.args(["^SigBlk:", "/proc/self/status"]);
+                if clear {
+                    unblock_signals_on_exec(&mut cmd);
+                }
+                let out = cmd.output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let mask =
+                    u64::from_str_radix(text.trim_start_matches("SigBlk:").trim(), 16).unwrap();
+                mask & (1 << (libc::SIGUSR1 - 1)) != 0
+            })
+            .join()
+            .unwrap()
+        };
+        assert!(
+            blocked_in_child(false),
+            "the mask is inherited without the helper"
+        );
+        assert!(!blocked_in_child(true));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod image;
 mod output;
 mod service;
 mod sysdocker;
+mod tls;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Manage system services (compose definitions from the cloud-config).
     #[command(alias = "s")]
     Service(service::ServiceArgs),
+    /// Certificates for the user Docker's TLS socket.
+    #[command(subcommand)]
+    Tls(tls::TlsCmd),
     /// Apply `rancher.network` and keep the DHCP clients running (the network service).
     Netconf,
     /// Run the user Docker daemon in the storage context's mount namespace (the docker service).
@@ -122,6 +126,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Image(cmd) => image::run(cmd, &ctx),
         Command::Config(cmd) => config::run(cmd, &ctx),
         Command::Service(args) => service::run(args, &ctx),
+        Command::Tls(cmd) => tls::run(cmd, &ctx),
         Command::Netconf => Ok(netconf(&ctx.root)),
         Command::DockerInit => {
             let cfg =
