@@ -388,16 +388,21 @@ fn docker_tls(ssh: &Ssh, dir: &Path, tls_port: u16) -> Result<()> {
 
 /// The guest's ed25519 host key as the real OpenSSH client sees it.
 fn host_key(port: u16) -> Result<String> {
+    host_key_of(port, "ed25519", "ssh-ed25519")
+}
+
+/// The guest's host key of type `kind` (ssh-keyscan's `-t`), whose lines name `algo`.
+fn host_key_of(port: u16, kind: &str, algo: &str) -> Result<String> {
     let o = Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+        .args(["-t", kind, "-p", &port.to_string(), "127.0.0.1"])
         .output()
         .context("running ssh-keyscan")?;
     let text = String::from_utf8_lossy(&o.stdout);
     let key = text
         .lines()
-        .find(|l| l.contains("ssh-ed25519"))
+        .find(|l| l.contains(algo))
         .and_then(|l| l.split_whitespace().nth(2))
-        .with_context(|| format!("ssh-keyscan found no ed25519 key: {text}"))?;
+        .with_context(|| format!("ssh-keyscan found no {kind} key: {text}"))?;
     Ok(key.to_owned())
 }
 
@@ -751,6 +756,12 @@ fn lifecycle(
                     && !shipped_reused_all(&vm),
                 "the first boot did not move the shipped images onto the state disk"
             );
+            // sshd started with the ed25519 key; the RSA key made after it is served too.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while let Err(e) = host_key_of(g.port, "rsa", "ssh-rsa") {
+                ensure!(Instant::now() < deadline, "no RSA host key: {e:#}");
+                std::thread::sleep(Duration::from_secs(2));
+            }
             // What must survive a reboot, and what must not.
             ssh.ok("echo kept > /home/rancher/kept.txt")?;
             ssh.ok("sudo sh -c 'echo kept > /var/lib/rancher/kept.txt'")?;

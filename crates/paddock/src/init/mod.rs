@@ -614,12 +614,22 @@ fn fresh_system_containers() {
     let Some((client, list)) = os_containers(true) else {
         return;
     };
+    let mut removed = 0;
     for c in list {
         let keep =
             crate::service::labels::is_true(c.labels.get(crate::service::labels::CREATE_ONLY));
-        if !keep && let Err(e) = client.remove(&c.id, true) {
-            log(format!("removing last boot's container {}: {e}", c.id));
+        if keep {
+            continue;
         }
+        match client.remove(&c.id, true) {
+            Ok(()) => removed += 1,
+            Err(e) => log(format!("removing last boot's container {}: {e}", c.id)),
+        }
+    }
+    if removed > 0 {
+        log(format!(
+            "removed {removed} system containers of the last boot"
+        ));
     }
 }
 
