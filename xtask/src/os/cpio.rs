@@ -46,6 +46,8 @@ struct Node {
 pub struct Cpio {
     nodes: BTreeMap<String, Node>,
     next_group: u64,
+    /// A file written after every other entry (its parent must exist).
+    last: Option<(String, u32, Vec<u8>)>,
 }
 
 /// `a/b/c` -> `a/b/c`; leading `/` and `./` and trailing `/` dropped.
@@ -107,6 +109,12 @@ impl Cpio {
                 (0, 0),
             ),
         );
+    }
+
+    /// A root-owned file written after every other entry: if it was unpacked, so was
+    /// everything before it (the kernel stops at the first error, e.g. out of memory).
+    pub fn last_file(&mut self, path: &str, perm: u32, data: impl Into<Vec<u8>>) {
+        self.last = Some((norm(path), S_IFREG | (perm & 0o7777), data.into()));
     }
 
     /// A regular file whose contents are read from `src` when the archive is written.
@@ -270,6 +278,24 @@ impl Cpio {
             w.write_all(&data)?;
             pad4(&mut w)?;
         }
+        if let Some((path, mode, data)) = &self.last {
+            next_ino += 1;
+            header(
+                &mut w,
+                &Hdr {
+                    ino: next_ino - 1,
+                    mode: *mode,
+                    uid: 0,
+                    gid: 0,
+                    nlink: 1,
+                    size: data.len(),
+                    rdev: (0, 0),
+                },
+                path,
+            )?;
+            w.write_all(data)?;
+            pad4(&mut w)?;
+        }
         header(
             &mut w,
             &Hdr {
@@ -355,6 +381,27 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_last_file_comes_after_everything() {
+        let mut c = Cpio::new();
+        c.dir("usr/share/ros", 0o755);
+        c.file("zzz/late", 0o644, "x");
+        c.file("a/early", 0o644, "y");
+        c.last_file("usr/share/ros/complete", 0o644, "ok\n");
+        let mut out = vec![];
+        c.write(&mut out).unwrap();
+        let find = |needle: &str| {
+            out.windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap()
+        };
+        let last = find("usr/share/ros/complete");
+        for other in ["zzz/late", "a/early", "usr/share/ros\0"] {
+            assert!(find(other) < last, "{other}");
+        }
+        assert!(last < find("TRAILER!!!"));
     }
 
     fn sample(src: &Path) -> Cpio {

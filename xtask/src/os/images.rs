@@ -156,17 +156,16 @@ const PAM_SESSION: &str = "session\trequired\tpam_permit.so\nsession\toptional\t
 const PAM_PASSWORD: &str = "password\t[success=1 default=ignore]\tpam_unix.so obscure yescrypt\npassword\trequisite\tpam_deny.so\npassword\trequired\tpam_permit.so\n";
 
 /// The console's command: host keys made once, kept on the state partition
-/// (/var/lib/rancher), then sshd; a serial getty when `rancher.autologin` names a port. The
-/// ed25519 key comes first and sshd starts with it; the RSA key (about 10 s under TCG) is made
-/// beside it on first boot, then sshd re-reads its keys on SIGHUP (it is this shell's PID).
+/// (/var/lib/rancher), then sshd; a serial getty when `rancher.autologin` names a port. sshd
+/// starts with the ed25519 key; the RSA key (about 10 s under TCG) is made beside it on the
+/// first boot and served from the next start on (a SIGHUP to load it at once would reset the
+/// connections sshd is accepting at that moment).
 const CONSOLE_START: &str = "set -e; mkdir -p /run/sshd /var/lib/rancher/ssh; \
 k=/var/lib/rancher/ssh/ssh_host_ed25519_key; \
 [ -s $k ] || { rm -f $k $k.pub; ssh-keygen -q -t ed25519 -N '' -f $k; }; \
-k=/var/lib/rancher/ssh/ssh_host_rsa_key; sshd_pid=$$; \
+k=/var/lib/rancher/ssh/ssh_host_rsa_key; \
 [ -s $k ] || (rm -f $k $k.pub $k.new $k.new.pub; ssh-keygen -q -t rsa -N '' -f $k.new \
-&& mv $k.new.pub $k.pub && mv $k.new $k \
-&& until [ \"$(cat /proc/$sshd_pid/comm)\" = sshd ]; do sleep 0.2; done \
-&& kill -HUP $sshd_pid) & \
+&& mv $k.new.pub $k.pub && mv $k.new $k) & \
 for a in $(cat /proc/cmdline); do case $a in rancher.autologin=*) t=${a#*=}; \
 [ -c /dev/$t ] && (while :; do setsid getty -n -l /usr/lib/paddock/autologin 115200 $t vt100; \
 sleep 1; done) & ;; esac; done; \

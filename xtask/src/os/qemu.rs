@@ -282,6 +282,11 @@ impl Vm {
         }
     }
 
+    /// True once qemu has exited (its console reached end of file).
+    pub fn exited(&self) -> bool {
+        self.console.0.lock().map(|g| g.eof).unwrap_or(true)
+    }
+
     /// Every console line so far.
     pub fn lines(&self) -> Vec<(f64, String)> {
         self.console

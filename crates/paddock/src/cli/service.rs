@@ -82,6 +82,9 @@ pub enum ServiceCmd {
         /// runs once the user Docker answers.
         #[arg(long, conflicts_with = "names")]
         user_scope: bool,
+        /// Print each step (created, started, healthy, ...) on stderr as it happens.
+        #[arg(long)]
+        progress: bool,
     },
     /// Start services' containers.
     Start {
@@ -222,6 +225,7 @@ pub fn run(args: ServiceArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             dry_run,
             format,
             user_scope: true,
+            progress,
             ..
         } => {
             let user: Vec<String> = w
@@ -234,14 +238,15 @@ pub fn run(args: ServiceArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
             if user.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
-            up(&w, *dry_run, *format, &user)
+            up(&w, *dry_run, *format, &user, *progress)
         }
         ServiceCmd::Up {
             dry_run,
             format,
             names,
+            progress,
             ..
-        } => up(&w, *dry_run, *format, names),
+        } => up(&w, *dry_run, *format, names, *progress),
         ServiceCmd::Start { names } => each(&w, names, |e, c| e.start(c).map_err(|x| x.0)),
         ServiceCmd::Stop { time, names } => each(&w, names, |e, c| {
             e.stop(c, std::time::Duration::from_secs(time.unwrap_or(10)))
@@ -404,7 +409,13 @@ fn desired(w: &World, only: Option<&BTreeSet<String>>) -> anyhow::Result<Vec<Des
     Ok(out)
 }
 
-fn up(w: &World, dry_run: bool, format: Format, names: &[String]) -> anyhow::Result<ExitCode> {
+fn up(
+    w: &World,
+    dry_run: bool,
+    format: Format,
+    names: &[String],
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
     w.report_problems();
     let only = if names.is_empty() {
         None
@@ -440,7 +451,11 @@ fn up(w: &World, dry_run: bool, format: Format, names: &[String]) -> anyhow::Res
         system: &w.system,
         user: w.user.as_ref().map(|u| u as &dyn ServiceEngine),
     };
-    let report = execute(&the_plan, &desired, &engines, &ExecOptions::default());
+    let opts = ExecOptions {
+        progress,
+        ..ExecOptions::default()
+    };
+    let report = execute(&the_plan, &desired, &engines, &opts);
     if format == Format::Json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {

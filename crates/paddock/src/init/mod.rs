@@ -73,6 +73,8 @@ pub const BUILTIN_MODULES: &[&str] = &[
 /// The engine's data root and socket.
 pub const DATA_ROOT: &str = "/var/lib/system-docker";
 pub const ENGINE_SOCKET: &str = "/run/system-docker.sock";
+/// The initrd's last entry: present only if the kernel unpacked all of it.
+pub const INITRD_COMPLETE: &str = "/usr/share/ros/initrd-complete";
 /// The data root whose `image/` store the initrd ships.
 pub const SHIPPED_IMAGES: &str = "/usr/share/ros/images";
 /// Directories of the state device bound over the root.
@@ -846,6 +848,14 @@ pub fn main() -> i32 {
             "a tmpfs"
         }
     ));
+    if !Path::new(INITRD_COMPLETE).exists() {
+        log(format!(
+            "the initramfs is incomplete ({INITRD_COMPLETE} is missing): the kernel could not \
+             unpack all of it, usually for want of memory (see \"Initramfs unpacking failed\" \
+             above); give the machine more memory (Paddock needs 256 MB today). Booting on with \
+             what is there"
+        ));
+    }
     load_modules(BUILTIN_MODULES.iter().copied());
     log("modules loaded");
     // The kernel command line and built-in defaults say where the state is.
@@ -901,7 +911,7 @@ pub fn main() -> i32 {
         log("the system engine did not come up; see /var/log/system-docker.log");
     }
     fresh_system_containers();
-    let code = ros(&reaper, &["service", "up"]);
+    let code = ros(&reaper, &["service", "up", "--progress"]);
     log(format!("system services up (ros service up exit {code})"));
     cloud_init_execute(&cfg);
     log("boot finished");

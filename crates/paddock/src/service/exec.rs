@@ -87,6 +87,9 @@ pub struct ExecOptions {
     pub health_timeout: Duration,
     /// The longest pause between two probes.
     pub probe_poll: Duration,
+    /// Print each step on stderr as it happens (`service: message`), e.g. for the boot
+    /// timeline on the console.
+    pub progress: bool,
 }
 
 impl Default for ExecOptions {
@@ -95,6 +98,7 @@ impl Default for ExecOptions {
             stop_timeout: Duration::from_secs(10),
             health_timeout: Duration::from_secs(60),
             probe_poll: Duration::from_secs(1),
+            progress: false,
         }
     }
 }
@@ -214,12 +218,16 @@ impl fmt::Display for Report {
 struct Log {
     start: Instant,
     events: Mutex<Vec<Event>>,
+    progress: bool,
 }
 
 impl Log {
     fn note(&self, service: &str, message: impl Into<String>) {
         let message = message.into();
         tracing::info!(service, "{message}");
+        if self.progress {
+            eprintln!("{service}: {message}");
+        }
         let ev = Event {
             at: SystemTime::now(),
             elapsed: self.start.elapsed(),
@@ -243,6 +251,7 @@ pub fn execute(
     let log = Log {
         start: Instant::now(),
         events: Mutex::new(Vec::new()),
+        progress: opts.progress,
     };
     let mut report = Report::default();
 
