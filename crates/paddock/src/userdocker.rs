@@ -424,8 +424,7 @@ fn cli_auths(auths: &crate::image::registry::RegistryAuths) {
         let dir = home.join(".docker");
         let file = dir.join("config.json");
         // Users own these paths: never follow a link they may have planted.
-        let is_link =
-            |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+        let is_link = crate::fsutil::is_symlink;
         if !home.is_dir() || is_link(&home) || is_link(&dir) || is_link(&file) {
             continue;
         }

@@ -115,21 +115,12 @@ impl Guest {
         spec.readonly_disks = self.images.iter().cloned().collect();
         spec.hostfwd = self.hostfwd.clone();
         spec.guestfwd = self.guestfwd.clone();
-        let t0 = Instant::now();
         let vm = spec.start()?;
         let ready = (|| -> Result<(Ssh, f64)> {
             // SSH is polled from the start, so its time is when sshd first let rancher in;
             // the tests then also wait for init to finish (write_files, runcmd).
             let ssh = Ssh::new(self.port, &self.key);
-            let deadline = Instant::now() + Duration::from_secs(240);
-            let at = loop {
-                if ssh.run("true").is_ok_and(|o| o.status.success()) {
-                    break t0.elapsed().as_secs_f64();
-                }
-                ensure!(!vm.exited(), "qemu exited before ssh answered");
-                ensure!(Instant::now() < deadline, "ssh did not answer within 240 s");
-                std::thread::sleep(Duration::from_millis(250));
-            };
+            let at = ssh.wait_ready(&vm, Duration::from_secs(240))?;
             vm.wait_for("paddock: boot finished", Duration::from_secs(240))
                 .context("waiting for the boot to finish")?;
             Ok((ssh, at))

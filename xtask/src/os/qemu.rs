@@ -575,16 +575,19 @@ impl Ssh {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
-    /// Retries `true` until a login works; returns the time it took.
-    #[allow(dead_code)] // for the boot tests that come with `ros init`
-    pub fn wait_ready(&self, timeout: Duration) -> Result<Duration> {
+    /// Retries `true` until a login works, giving up when `vm` exits; returns the seconds
+    /// since qemu started.
+    pub fn wait_ready(&self, vm: &Vm, timeout: Duration) -> Result<f64> {
         let t0 = Instant::now();
         let mut last = String::new();
         while t0.elapsed() < timeout {
             match self.run("true") {
-                Ok(o) if o.status.success() => return Ok(t0.elapsed()),
+                Ok(o) if o.status.success() => return Ok(vm.start.elapsed().as_secs_f64()),
                 Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => last = format!("{e:#}"),
+            }
+            if vm.exited() {
+                bail!("qemu exited before ssh answered: {last}");
             }
             std::thread::sleep(Duration::from_millis(250));
         }

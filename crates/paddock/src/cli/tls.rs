@@ -1,6 +1,6 @@
 //! `ros tls generate`: certificates for the user Docker's TLS socket (`rancher.docker.tls`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -109,13 +109,9 @@ fn client_dir(ctx: &Context) -> anyhow::Result<(PathBuf, Option<(u32, u32)>)> {
     let dir = home.join(".docker");
     // The user owns these paths: root never writes through a link they planted.
     for p in [&home, &dir] {
-        if is_link(p) {
+        if crate::fsutil::is_symlink(p) {
             bail!("refusing to write through the link {}", p.display());
         }
     }
     Ok((dir, owner))
-}
-
-fn is_link(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
 }
