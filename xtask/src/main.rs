@@ -248,10 +248,14 @@ pub fn build_ros() -> Result<PathBuf> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"))
         .unwrap_or(false);
+    // Not position-independent: a static-pie binary relocates about 0.5 MB of its own data
+    // at every start, private to each process, and the OS runs a dozen `ros` processes (init,
+    // the engine, a shim per container). Linked at a fixed address those pages stay shared.
+    let fixed = "-C relocation-model=static";
     let (target, rustflags) = if musl {
-        ("x86_64-unknown-linux-musl", String::new())
+        ("x86_64-unknown-linux-musl", fixed.to_owned())
     } else {
-        (target, "-C target-feature=+crt-static".to_owned())
+        (target, format!("-C target-feature=+crt-static {fixed}"))
     };
     eprintln!("xtask: building ros for {target} (static)");
     sh(cargo()
