@@ -151,12 +151,11 @@ fn console_has(vm: &qemu::Vm, needle: &str) -> bool {
     vm.lines().iter().any(|(_, l)| l.contains(needle))
 }
 
-/// The console says the shipped images were all on the state partition already.
-fn shipped_reused_all(vm: &qemu::Vm) -> bool {
-    vm.lines().iter().any(|(_, l)| {
-        l.contains("shipped images on the state partition")
-            && l.contains("; 0 layers and blobs copied")
-    })
+/// The console says the images disk's images were all on the state partition already.
+fn images_reused_all(vm: &qemu::Vm) -> bool {
+    vm.lines()
+        .iter()
+        .any(|(_, l)| l.contains("images disk: ") && l.contains("; 0 layers and blobs copied"))
 }
 
 fn console_tail(vm: &qemu::Vm) {
@@ -460,6 +459,57 @@ pub fn run(dist: &Dist) -> Result<()> {
     };
     broken_config(&dir.join("broken"), &key, &pubkey, iso, dist)
         .context("boot test: a broken cloud-config, booted from the ISO")?;
+    ram_only(&dir.join("ram"), &key, &pubkey, kernel_boot(dist), dist)
+        .context("boot test: no state disk, images from the images disk")?;
+    Ok(())
+}
+
+/// No state disk: the system runs from RAM, and the images disk's store is used in place
+/// (under an overlay) rather than copied into RAM.
+fn ram_only(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n");
+    let seed = dir.join("seed.iso");
+    NoCloud::new(&user_data, "paddock-ram", "paddock-ram").iso(&seed)?;
+    let mut g = Guest::new(dir, key, boot, vec![seed])?;
+    g.images = Some(dist.images.clone());
+    let (mut vm, ssh) = g.boot("no state disk")?;
+    with_vm(
+        &vm,
+        (|| -> Result<()> {
+            ensure!(
+                console_has(&vm, "running from RAM"),
+                "the console did not say the system runs from RAM"
+            );
+            ensure!(
+                console_has(&vm, "the images disk's store is used in place"),
+                "the images disk's store was not overlaid"
+            );
+            services_running(&ssh)?;
+            // The layers are read from the disk: the store is an overlay, not a RAM copy.
+            let fs = ssh.ok(
+                "sudo awk '$2 == \"/var/lib/system-docker/image\" {print $3}' /proc/1/mounts",
+            )?;
+            ensure!(
+                fs.trim() == "overlay",
+                "the image store is on {fs:?}, not an overlay"
+            );
+            let du = ssh.ok("sudo du -sm /proc/1/root/run/paddock/images/upper")?;
+            ensure!(
+                matches!(
+                    du.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
+                    Some(n) if n < 2
+                ),
+                "the store's RAM overlay holds {du}"
+            );
+            println!(
+                "boot test: no state disk: services up, images used in place from the images disk"
+            );
+            Ok(())
+        })(),
+    )?;
+    let _ = ssh.run("sudo poweroff");
+    vm.wait_exit(Duration::from_secs(120))?;
     Ok(())
 }
 
@@ -764,9 +814,8 @@ fn lifecycle(
             network(&ssh)?;
             user_docker(&ssh, dir, busybox, (web_port, tls_port))?;
             ensure!(
-                console_has(&vm, "shipped images on the state partition")
-                    && !shipped_reused_all(&vm),
-                "the first boot did not move the shipped images onto the state disk"
+                console_has(&vm, "images disk: ") && !images_reused_all(&vm),
+                "the first boot did not copy the images disk's images onto the state disk"
             );
             // sshd started with the ed25519 key; the RSA key is made after it (served from
             // the next boot on).
@@ -849,18 +898,19 @@ fn lifecycle(
                 );
                 std::thread::sleep(Duration::from_secs(2));
             }
-            // The state partition has the images: this boot only freed their RAM.
+            // The state partition has the images: this boot copied nothing.
             ensure!(
-                shipped_reused_all(&vm),
-                "the second boot copied shipped images again"
+                images_reused_all(&vm),
+                "the second boot copied the images disk's images again"
             );
+            // The initrd carries no images: nothing of them is in RAM.
             let df = ssh.ok("sudo du -sm /usr/share/ros")?;
             ensure!(
                 matches!(
                     df.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
                     Some(n) if n < 2
                 ),
-                "the shipped images still take RAM: {df}"
+                "images take RAM in /usr/share/ros: {df}"
             );
             Ok(())
         })(),
@@ -918,6 +968,10 @@ fn broken_config(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) 
                 .iter()
                 .any(|(_, l)| l.contains("config problem") && l.contains("bad-yaml.yml"));
             ensure!(shown, "the console did not show the bad file");
+            ensure!(
+                console_has(&vm, "shipped images on the state partition"),
+                "the ISO's images were not installed onto the state partition"
+            );
             services_running(&ssh)?;
             let o = ssh.run("sudo ros config validate")?;
             let out = String::from_utf8_lossy(&o.stdout).into_owned();

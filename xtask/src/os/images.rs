@@ -640,7 +640,12 @@ pub fn build(
             base_layer = Some(layer);
         }
     }
-    for (root, layout) in [(root, "layout"), (disk_root, "disk-layout")] {
+    // The images disk has every image: -kernel boots get the system images from it too.
+    for (root, layout) in [
+        (root, "layout"),
+        (disk_root, "layout"),
+        (disk_root, "disk-layout"),
+    ] {
         eprintln!("xtask: ros image load into {}{data_root}", root.display());
         sh(Command::new(ros)
             .arg("--root")

@@ -2,11 +2,14 @@
 //!
 //! dist/vmlinuz      Debian's cloud kernel (pinned in kernel.rs) or the one given
 //! dist/initrd       zstd newc cpio: /init -> /usr/bin/ros, the multi-call links, the module
-//!                   subset with its own modules.dep, /etc/os-release, and the system image
-//!                   store at /usr/share/ros/images (used in place, never unpacked at boot)
-//! dist/paddock.iso  hybrid GRUB ISO (BIOS and UEFI), serial console
-//! dist/images.img   ext4 labelled PADDOCK_IMAGES: the images too large for the initrd (the
-//!                   user Docker's), copied once onto the state partition at boot
+//!                   subset with its own modules.dep, /etc/os-release, mke2fs; no images, so
+//!                   the kernel unpacks a few MB and the machine boots in less memory
+//! dist/paddock.iso  hybrid GRUB ISO (BIOS and UEFI), serial console; its initrd is dist/initrd
+//!                   followed by a second archive with the system image store at
+//!                   /usr/share/ros/images, so the ISO boots with nothing else attached
+//! dist/images.img   ext4 labelled PADDOCK_IMAGES: an image store with the system images and
+//!                   the user Docker's, copied once onto the state partition at boot (used in
+//!                   place, under a RAM overlay, without one)
 //! dist/SHA256SUMS
 //!
 //! Every step is skipped when the hash of its inputs (package versions, the ros binary, image
@@ -48,7 +51,7 @@ pub const MULTICALL: &[&str] = &[
 ];
 
 /// Bump when the initrd's layout changes in a way no other input shows.
-const INITRD_FORMAT: &str = "initrd-v5-zstd";
+const INITRD_FORMAT: &str = "initrd-v6-split";
 
 /// The OS's config layer with the default system services (`/usr/share/ros/os-config.yml`).
 const OS_CONFIG: &str = include_str!("../../../os/os-config.yml");
@@ -116,8 +119,11 @@ pub struct Dist {
     pub vmlinuz: PathBuf,
     pub initrd: PathBuf,
     pub iso: PathBuf,
-    /// The images disk (ext4 labelled PADDOCK_IMAGES): the images too large for the initrd.
+    /// The images disk (ext4 labelled PADDOCK_IMAGES): every image, the system's and the user
+    /// Docker's.
     pub images: PathBuf,
+    /// The second initrd archive the ISO carries: the system image store.
+    pub images_cpio: PathBuf,
     /// Hash of the initrd's inputs.
     pub key: String,
 }
@@ -228,7 +234,8 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         .as_bytes(),
     );
     let initrd_stamp = work.join("initrd.stamp");
-    if stamp_ok(&initrd_stamp, &key, &[&initrd, &vmlinuz]) {
+    let images_cpio = work.join("images.cpio.zst");
+    if stamp_ok(&initrd_stamp, &key, &[&initrd, &vmlinuz, &images_cpio]) {
         eprintln!("xtask: initrd unchanged");
     } else {
         let _ = fs::remove_file(&initrd_stamp);
@@ -236,14 +243,18 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         fs::copy(&k.vmlinuz, &vmlinuz)
             .with_context(|| format!("copying {}", k.vmlinuz.display()))?;
         let mkfs = mkfs_tools(&mkfs_pkgs, &work.join("mkfs"))?;
-        let c = initrd_tree(&k, &ros, &store_root, &work.join("modules"), &mkfs)?;
+        let c = initrd_tree(&k, &ros, &work.join("modules"), &mkfs)?;
         write_cpio(&c, &initrd, gzip)?;
+        let s = shipped_store_cpio(&store_root)?;
+        write_cpio(&s, &images_cpio, gzip)?;
         write_stamp(&initrd_stamp, &key)?;
         eprintln!(
-            "xtask: initrd: {} entries, {} in {:.1}s",
+            "xtask: initrd: {} entries, {} in {:.1}s; the ISO's image archive: {} entries, {}",
             c.len(),
             images::human(size(&initrd)),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            s.len(),
+            images::human(size(&images_cpio)),
         );
     }
 
@@ -255,11 +266,17 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         eprintln!("xtask: iso unchanged");
     } else {
         let _ = fs::remove_file(&iso_stamp);
-        make_iso(&vmlinuz, &initrd, CMDLINE, &iso, &work.join("iso"))?;
+        make_iso(
+            &vmlinuz,
+            &[&initrd, &images_cpio],
+            CMDLINE,
+            &iso,
+            &work.join("iso"),
+        )?;
         write_stamp(&iso_stamp, &iso_key)?;
     }
 
-    // The images disk: the store of the images too large for the initrd, as an ext4 image.
+    // The images disk: the store of every image, as an ext4 image.
     let images_img = dist.join("images.img");
     let disk_stamp = work.join("images-disk.stamp");
     if stamp_ok(&disk_stamp, &images_key, &[&images_img]) {
@@ -283,18 +300,13 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
         initrd,
         iso,
         images: images_img,
+        images_cpio,
         key,
     })
 }
 
 /// The initrd's contents.
-fn initrd_tree(
-    k: &kernel::Kernel,
-    ros: &Path,
-    store_root: &Path,
-    mods: &Path,
-    mkfs: &Path,
-) -> Result<cpio::Cpio> {
+fn initrd_tree(k: &kernel::Kernel, ros: &Path, mods: &Path, mkfs: &Path) -> Result<cpio::Cpio> {
     let mut c = cpio::Cpio::new();
     // Init checks for it: a kernel short of memory stops unpacking half-way, and says so only
     // in its log.
@@ -338,12 +350,32 @@ fn initrd_tree(
     );
     c.tree("lib/modules", &mods.join("lib/modules"))?;
     c.tree(MKFS_DIR, mkfs)?;
+    Ok(c)
+}
+
+/// The ISO's second initrd archive: the system image store at [`STORE`], ending with a marker
+/// init checks like the initrd's own.
+fn shipped_store_cpio(store_root: &Path) -> Result<cpio::Cpio> {
+    let mut c = cpio::Cpio::new();
+    c.last_file("usr/share/ros/images-complete", 0o644, "paddock images\n");
     let store = store_root.join(STORE.trim_start_matches('/'));
     if !store.is_dir() {
         bail!("{}: the image store was not built", store.display());
     }
     c.tree(STORE, &store)?;
     Ok(c)
+}
+
+/// Concatenates initrd archives into one file, as the kernel reads them: each compressed
+/// archive starts on a 512-byte boundary (the kernel looks for the next one at a 4-byte
+/// boundary after the end of a compressed stream; the padding is zeros, which it skips).
+pub fn concat_initrds(parts: &[&Path], out: &Path) -> Result<()> {
+    let mut bytes = vec![];
+    for p in parts {
+        bytes.resize(bytes.len().next_multiple_of(512), 0);
+        bytes.extend(fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Where the initrd keeps mke2fs (with its libraries and loader), which `ros init` runs to
@@ -452,10 +484,10 @@ pub fn grub_cfg(cmdline: &str) -> String {
     )
 }
 
-/// A hybrid GRUB ISO (BIOS + UEFI) with the kernel and initrd.
+/// A hybrid GRUB ISO (BIOS + UEFI) with the kernel and the initrd archives (concatenated).
 pub fn make_iso(
     vmlinuz: &Path,
-    initrd: &Path,
+    initrds: &[&Path],
     cmdline: &str,
     out: &Path,
     dir: &Path,
@@ -464,7 +496,7 @@ pub fn make_iso(
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("boot/grub"))?;
     fs::copy(vmlinuz, dir.join("boot/vmlinuz"))?;
-    fs::copy(initrd, dir.join("boot/initrd"))?;
+    concat_initrds(initrds, &dir.join("boot/initrd"))?;
     fs::write(dir.join("boot/grub/grub.cfg"), grub_cfg(cmdline))?;
     let tmp = out.with_extension("tmp.iso");
     let o = Command::new("grub-mkrescue")

@@ -80,8 +80,8 @@ poweroff -f
     )
 }
 
-/// The test initrd: the real one plus an appended cpio with busybox in /tbin and the /init
-/// script (later archives override earlier ones in the kernel's unpacker).
+/// The test initrd: the real one, the ISO's image archive, and a cpio with busybox in /tbin and
+/// the /init script (later archives override earlier ones in the kernel's unpacker).
 fn test_initrd(dist: &Dist, dir: &Path) -> Result<std::path::PathBuf> {
     let bb = fixtures()?.busybox;
     let mut c = cpio::Cpio::new();
@@ -99,12 +99,7 @@ fn test_initrd(dist: &Dist, dir: &Path) -> Result<std::path::PathBuf> {
     let overlay = dir.join("overlay.cpio");
     write_cpio(&c, &overlay, false)?;
     let out = dir.join("initrd-test");
-    let mut bytes =
-        fs::read(&dist.initrd).with_context(|| format!("reading {}", dist.initrd.display()))?;
-    // The kernel looks for the next archive at a 4-byte boundary after a compressed one.
-    bytes.resize(bytes.len().next_multiple_of(512), 0);
-    bytes.extend(fs::read(&overlay)?);
-    fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    super::concat_initrds(&[&dist.initrd, &dist.images_cpio, &overlay], &out)?;
     Ok(out)
 }
 
@@ -198,7 +193,7 @@ pub fn run(dist: &Dist, uefi: bool) -> Result<()> {
     let iso = dir.join("paddock-test.iso");
     make_iso(
         &dist.vmlinuz,
-        &initrd,
+        &[&initrd],
         &format!("{} panic=-1", super::CMDLINE),
         &iso,
         &dir.join("iso"),

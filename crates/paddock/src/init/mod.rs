@@ -13,9 +13,11 @@
 //! 5. load the merged config (a broken file is reported and skipped, never fatal), load
 //!    `rancher.modules`, set the hostname, /etc/hosts and /etc/resolv.conf, write
 //!    `ssh_authorized_keys`, sysctls and `mounts`;
-//! 6. start the system engine (`system-dockerd`, restarted if it dies) on
-//!    /var/lib/system-docker, whose image store is the one shipped in the initrd, used in
-//!    place;
+//! 6. install the system images into the engine's store on /var/lib/system-docker: from the
+//!    images disk (`PADDOCK_IMAGES`, copied once onto the state partition, or used in place
+//!    under a RAM overlay without one), or from the image archive the ISO appends to the
+//!    initrd (moved onto the state partition, or used in place in RAM); then start the system
+//!    engine (`system-dockerd`, restarted if it dies);
 //! 7. remove last boot's system containers (createonly ones stay), bring up the system
 //!    services (`ros service up`), then write_files and runcmd in their containers;
 //! 8. wait for signals: SIGTERM/SIGINT reboot, SIGUSR2/SIGPWR power off, SIGUSR1 halts (the
@@ -75,8 +77,10 @@ pub const DATA_ROOT: &str = "/var/lib/system-docker";
 pub const ENGINE_SOCKET: &str = "/run/system-docker.sock";
 /// The initrd's last entry: present only if the kernel unpacked all of it.
 pub const INITRD_COMPLETE: &str = "/usr/share/ros/initrd-complete";
-/// The data root whose `image/` store the initrd ships.
+/// The data root whose `image/` store the ISO's second initrd archive ships.
 pub const SHIPPED_IMAGES: &str = "/usr/share/ros/images";
+/// That archive's last entry.
+pub const IMAGES_COMPLETE: &str = "/usr/share/ros/images-complete";
 /// Directories of the state device bound over the root.
 const PERSISTENT: &[&str] = &[
     "home",
@@ -302,24 +306,57 @@ fn mount_state(cfg: &CloudConfig) -> bool {
 }
 
 /// The label of the images disk: a filesystem holding an image store (`image/`) with the
-/// images too large for the initrd (the user Docker's).
+/// system images and the user Docker's.
 pub const IMAGES_LABEL: &str = "PADDOCK_IMAGES";
+/// Where init mounts it.
+const IMAGES_MOUNT: &str = "/media/images";
 
 /// Copies what the images disk has and the store lacks into the store (once: later boots find
-/// every layer there already).
-fn add_images_disk(store: &Path) {
-    let target = "/media/images";
-    if !mount_labelled(&[IMAGES_LABEL], target) {
-        return;
+/// every layer there already). Returns whether there was an images disk.
+fn add_images_disk(store: &Path) -> bool {
+    if !mount_labelled(&[IMAGES_LABEL], IMAGES_MOUNT) {
+        return false;
     }
-    match shipped::add_from(&Path::new(target).join("image"), store) {
+    match shipped::add_from(&Path::new(IMAGES_MOUNT).join("image"), store) {
         Ok(done) => log(format!(
             "images disk: {} images; {} layers and blobs copied, {} there already",
             done.images, done.moved, done.reused
         )),
         Err(e) => log(format!("images disk: {e}")),
     }
-    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    let _ = umount2(IMAGES_MOUNT, MntFlags::MNT_DETACH);
+    true
+}
+
+/// Without a state partition: the images disk's store used in place, read-only, under an
+/// overlay whose writes (pulls, the index) go to RAM. Nothing is copied.
+fn overlay_images_disk(store: &Path) -> bool {
+    if !mount_labelled(&[IMAGES_LABEL], IMAGES_MOUNT) {
+        return false;
+    }
+    let (upper, work) = ("/run/paddock/images/upper", "/run/paddock/images/work");
+    for d in [upper, work] {
+        let _ = fs::create_dir_all(d);
+    }
+    let _ = fs::create_dir_all(store);
+    let opts = format!("lowerdir={IMAGES_MOUNT}/image,upperdir={upper},workdir={work}");
+    match mount(
+        Some("overlay"),
+        store,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
+        Ok(()) => log(format!(
+            "no state partition: the images disk's store is used in place on {} (changes kept in RAM)",
+            store.display()
+        )),
+        Err(e) => log(format!(
+            "no state partition, and the images disk's store could not be overlaid on {}: {e}",
+            store.display()
+        )),
+    }
+    true
 }
 
 /// Where the initrd keeps mke2fs, its libraries and its loader.
@@ -848,13 +885,20 @@ pub fn main() -> i32 {
             "a tmpfs"
         }
     ));
-    if !Path::new(INITRD_COMPLETE).exists() {
-        log(format!(
-            "the initramfs is incomplete ({INITRD_COMPLETE} is missing): the kernel could not \
-             unpack all of it, usually for want of memory (see \"Initramfs unpacking failed\" \
-             above); give the machine more memory (Paddock needs 256 MB today). Booting on with \
-             what is there"
-        ));
+    // The ISO's image archive comes second: a store without its marker was cut short.
+    let images_cut = Path::new(SHIPPED_IMAGES).exists() && !Path::new(IMAGES_COMPLETE).exists();
+    for (marker, missing) in [
+        (INITRD_COMPLETE, !Path::new(INITRD_COMPLETE).exists()),
+        (IMAGES_COMPLETE, images_cut),
+    ] {
+        if missing {
+            log(format!(
+                "the initramfs is incomplete ({marker} is missing): the kernel could not \
+                 unpack all of it, usually for want of memory (see \"Initramfs unpacking \
+                 failed\" above); give the machine more memory, or boot the kernel and initrd \
+                 with the images disk instead of the ISO. Booting on with what is there"
+            ));
+        }
     }
     load_modules(BUILTIN_MODULES.iter().copied());
     log("modules loaded");
@@ -870,11 +914,24 @@ pub fn main() -> i32 {
     log("config applied");
 
     let reaper = Reaper::start();
-    // The images the initrd ships: moved onto the state partition (only what it lacks), which
-    // frees their RAM; without one they are used in place.
+    // The images the ISO's initrd ships: moved onto the state partition (only what it lacks),
+    // which frees their RAM; without one they are used in place. Booted from a kernel and a
+    // plain initrd, the images come from the images disk.
     let store = Path::new(DATA_ROOT).join("image");
     let shipped = Path::new(SHIPPED_IMAGES).join("image");
-    if shipped.is_dir() {
+    if !shipped.is_dir() {
+        let found = if on_state {
+            add_images_disk(&store)
+        } else {
+            overlay_images_disk(&store)
+        };
+        if !found {
+            log(format!(
+                "no system images: the initrd ships none and no images disk (label \
+                 {IMAGES_LABEL}) was found; attach dist/images.img or boot the ISO"
+            ));
+        }
+    } else {
         let installed = if on_state {
             match shipped::install(&shipped, &store) {
                 Ok(done) => {
