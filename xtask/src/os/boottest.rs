@@ -1084,7 +1084,7 @@ pub fn bench(dist: &Dist) -> Result<()> {
     ));
     // The smallest -m that reaches SSH, from the target down.
     let mut smallest = None;
-    for mb in [128u32, 192, 256, 384, 512] {
+    for mb in [128u32, 160, 192, 256, 384, 512] {
         g.memory_mb = mb;
         match g.boot(&format!("-m {mb}")) {
             Ok((mut vm, ssh)) => {
@@ -1097,7 +1097,7 @@ pub fn bench(dist: &Dist) -> Result<()> {
         }
     }
     rows.push((
-        "smallest -m reaching ssh (tried 128, 192, 256, 384, 512)".into(),
+        "smallest -m reaching ssh (tried 128, 160, 192, 256, 384, 512)".into(),
         smallest.map_or("none".into(), |m| format!("{m} MB")),
         "RancherOS: 512 MB (<= v1.3), 1 GB (>= v1.5)",
     ));

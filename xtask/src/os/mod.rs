@@ -260,7 +260,7 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
 
     // ISO
     let iso = dist.join("paddock.iso");
-    let iso_key = sha256(format!("{key}{}", grub_cfg(CMDLINE)).as_bytes());
+    let iso_key = sha256(format!("{key}{}{GRUB_MODULES:?}", grub_cfg(CMDLINE)).as_bytes());
     let iso_stamp = work.join("iso.stamp");
     if stamp_ok(&iso_stamp, &iso_key, &[&iso]) {
         eprintln!("xtask: iso unchanged");
@@ -484,6 +484,34 @@ pub fn grub_cfg(cmdline: &str) -> String {
     )
 }
 
+/// The GRUB modules the ISO carries: the menu entry's commands, the video modes Linux wants
+/// under UEFI, and what finds the ISO's filesystem from a CD or a USB stick.
+const GRUB_MODULES: &[&str] = &[
+    "linux",
+    "normal",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "all_video",
+    "iso9660",
+    "search",
+    "search_fs_uuid",
+    "search_fs_file",
+    "search_label",
+    "part_msdos",
+    "part_gpt",
+    "part_acorn",
+    "part_amiga",
+    "part_apple",
+    "part_bsd",
+    "part_dfly",
+    "part_dvh",
+    "part_plan",
+    "part_sun",
+    "part_sunpc",
+];
+
 /// A hybrid GRUB ISO (BIOS + UEFI) with the kernel and the initrd archives (concatenated).
 pub fn make_iso(
     vmlinuz: &Path,
@@ -499,9 +527,13 @@ pub fn make_iso(
     concat_initrds(initrds, &dir.join("boot/initrd"))?;
     fs::write(dir.join("boot/grub/grub.cfg"), grub_cfg(cmdline))?;
     let tmp = out.with_extension("tmp.iso");
+    // Only the GRUB modules the menu entry needs (grub-mkrescue adds what its own core image
+    // needs), no fonts, locales or themes, and xz: GRUB takes 5 MB of the ISO instead of 21.
     let o = Command::new("grub-mkrescue")
         .arg("-o")
         .arg(&tmp)
+        .arg(format!("--install-modules={}", GRUB_MODULES.join(" ")))
+        .args(["--fonts=", "--locales=", "--themes=", "--compress=xz"])
         .arg(dir)
         .output()
         .context("starting grub-mkrescue")?;

@@ -575,12 +575,36 @@ impl Ssh {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// Whether sshd answers a TCP connection with its banner within two seconds.
+    fn banner(&self) -> bool {
+        use std::io::Read as _;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
+    }
+
     /// Retries `true` until a login works, giving up when `vm` exits; returns the seconds
     /// since qemu started.
+    ///
+    /// A login is tried only once sshd has sent its banner on a plain TCP connection: until
+    /// the guest has an address, slirp holds a forwarded connection open without an answer,
+    /// and `ssh` would spend its whole `ConnectTimeout` on each try, making the figure up to
+    /// that much late.
     pub fn wait_ready(&self, vm: &Vm, timeout: Duration) -> Result<f64> {
         let t0 = Instant::now();
         let mut last = String::new();
         while t0.elapsed() < timeout {
+            if !self.banner() {
+                if vm.exited() {
+                    bail!("qemu exited before sshd answered");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             match self.run("true") {
                 Ok(o) if o.status.success() => return Ok(vm.start.elapsed().as_secs_f64()),
                 Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),

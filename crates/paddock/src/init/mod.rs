@@ -905,6 +905,10 @@ pub fn main() -> i32 {
     // The kernel command line and built-in defaults say where the state is.
     let early = load_config();
     let on_state = mount_state(&early);
+    // mke2fs is needed only for autoformat, just done: its 3 MB of tmpfs are RAM.
+    if let Err(e) = fs::remove_dir_all(MKFS_DIR) {
+        log(format!("removing {MKFS_DIR}: {e}"));
+    }
     cloud_init(&early);
     let cfg = load_config();
     let extra: Vec<String> = cfg.rancher.modules.iter().map(|m| m.to_string()).collect();
