@@ -502,6 +502,16 @@ fn ram_only(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Re
                 ),
                 "the store's RAM overlay holds {du}"
             );
+            // Modules: the late ones once the services are up, the user Docker's by its service.
+            vm.wait_for("paddock: boot finished", Duration::from_secs(120))?;
+            for m in ["loop", "squashfs", "bridge", "br_netfilter", "veth"] {
+                ensure!(
+                    ssh.run(&format!("test -d /sys/module/{m}"))?
+                        .status
+                        .success(),
+                    "module {m} is not loaded"
+                );
+            }
             println!(
                 "boot test: no state disk: services up, images used in place from the images disk"
             );

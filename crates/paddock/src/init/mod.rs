@@ -48,17 +48,14 @@ use crate::engine::client::Client;
 use crate::engine::reaper::Reaper;
 use crate::root::Root;
 
-/// Modules every boot loads (virtio devices, overlay, the drives cloud-init reads, bridges).
+/// Modules every boot loads before the state mount (virtio devices, overlay, the drives
+/// cloud-init reads, the power button). What only the user Docker needs (bridge, veth,
+/// netfilter) its service loads itself; see also [`LATE_MODULES`].
 pub const BUILTIN_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
-    "virtio_console",
     "overlay",
-    "veth",
-    "bridge",
-    "br_netfilter",
-    "loop",
     "ata_piix",
     "sr_mod",
     "isofs",
@@ -66,11 +63,15 @@ pub const BUILTIN_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "nls_iso8859-1",
-    "squashfs",
     // the power button (acpid reads /dev/input/event*)
     "button",
     "evdev",
 ];
+
+/// Modules loaded once the system services are up: nothing at boot needs them, and module
+/// loading (a signature check each) is CPU the services would wait for. There is no
+/// on-demand modprobe in the root, so `mount -o loop` in the console relies on these.
+pub const LATE_MODULES: &[&str] = &["loop", "squashfs", "virtio_console"];
 
 /// The engine's data root and socket.
 pub const DATA_ROOT: &str = "/var/lib/system-docker";
@@ -974,6 +975,7 @@ pub fn main() -> i32 {
     fresh_system_containers();
     let code = ros(&reaper, &["service", "up", "--progress"]);
     log(format!("system services up (ros service up exit {code})"));
+    load_modules(LATE_MODULES.iter().copied());
     cloud_init_execute(&cfg);
     log("boot finished");
 
