@@ -523,6 +523,12 @@ impl Ssh {
             "BatchMode=yes",
             "-o",
             "ConnectTimeout=5",
+            // A guest that stops answering (out of memory, say) ends the session in 30 s
+            // instead of hanging the test.
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=3",
             "-i",
         ])
         .arg(&self.key)
