@@ -79,7 +79,7 @@ struct Guest {
     hostfwd: Vec<(u16, u16)>,
     /// `guestfwd=` rules.
     guestfwd: Vec<String>,
-    /// The images disk (the user Docker's image), attached read-only.
+    /// The images disk (every image), attached read-only.
     images: Option<PathBuf>,
     /// Seconds from qemu start to the first SSH login of the last boot.
     ssh_at: f64,
@@ -465,7 +465,7 @@ pub fn run(dist: &Dist) -> Result<()> {
 }
 
 /// No state disk: the system runs from RAM, and the images disk's store is used in place
-/// (under an overlay) rather than copied into RAM.
+/// (linked) rather than copied into RAM.
 fn ram_only(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Result<()> {
     fs::create_dir_all(dir)?;
     let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {pubkey}\n");
@@ -483,26 +483,28 @@ fn ram_only(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Re
             );
             ensure!(
                 console_has(&vm, "the images disk's store is used in place"),
-                "the images disk's store was not overlaid"
+                "the images disk's store was not used in place"
             );
             services_running(&ssh)?;
-            // The layers are read from the disk: the store is an overlay, not a RAM copy.
-            let fs = ssh.ok(
-                "sudo awk '$2 == \"/var/lib/system-docker/image\" {print $3}' /proc/1/mounts",
-            )?;
+            // The layers are read from the disk: the store's layers are links to it, not a
+            // RAM copy.
+            let store = "/proc/1/root/var/lib/system-docker/image";
+            let links = ssh.ok(&format!(
+                "sudo ls -l {store}/layers | grep -c -- '-> /media/images/image/layers/'"
+            ))?;
             ensure!(
-                fs.trim() == "overlay",
-                "the image store is on {fs:?}, not an overlay"
+                links.trim().parse::<u32>().is_ok_and(|n| n > 0),
+                "the image store's layers are not links to the images disk: {links}"
             );
-            let du = ssh.ok("sudo du -sm /proc/1/root/run/paddock/images/upper")?;
+            let du = ssh.ok(&format!("sudo du -sm {store}"))?;
             ensure!(
                 matches!(
                     du.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
                     Some(n) if n < 2
                 ),
-                "the store's RAM overlay holds {du}"
+                "the image store in RAM holds {du}"
             );
-            // Modules: the late ones once the services are up, the user Docker's by its service.
+            // Modules: loop and squashfs by init, the user Docker's by its service.
             vm.wait_for("paddock: boot finished", Duration::from_secs(120))?;
             for m in ["loop", "squashfs", "bridge", "br_netfilter", "veth"] {
                 ensure!(
@@ -824,7 +826,7 @@ fn lifecycle(
             network(&ssh)?;
             user_docker(&ssh, dir, busybox, (web_port, tls_port))?;
             ensure!(
-                console_has(&vm, "images disk: ") && !images_reused_all(&vm),
+                console_has(&vm, "layers and blobs copied") && !images_reused_all(&vm),
                 "the first boot did not copy the images disk's images onto the state disk"
             );
             // sshd started with the ed25519 key; the RSA key is made after it (served from

@@ -393,8 +393,8 @@ pub const IMAGES: &[ImageDef] = &[
     },
 ];
 
-/// Images too large for the initrd, built into the images disk (`dist/images.img`): base plus
-/// their own layer, like the others.
+/// Images only on the images disk (`dist/images.img`), not in the ISO: base plus their own
+/// layer, like the others.
 pub const DISK_IMAGES: &[ImageDef] = &[ImageDef {
     // The user Docker (Debian's docker.io, containerd, runc, iptables); `ros docker-init` runs
     // its dockerd in the console's mount namespace.
@@ -508,9 +508,9 @@ pub fn plan() -> Result<Plan> {
     Ok(Plan { layers })
 }
 
-/// Builds the images of `plan` into an image store at `root` + `data_root` (through
-/// `ros --root ROOT --data-root DATA_ROOT image load`), and the [`DISK_IMAGES`] into one at
-/// `disk_root` + `data_root`. `work` is scratch space.
+/// Builds the system images of `plan` into an image store at `root` + `data_root` (through
+/// `ros --root ROOT --data-root DATA_ROOT image load`), and every image, the [`DISK_IMAGES`]
+/// included, into one at `disk_root` + `data_root`. `work` is scratch space.
 pub fn build(
     plan: &Plan,
     ros: &Path,

@@ -9,7 +9,7 @@
 //!                   /usr/share/ros/images, so the ISO boots with nothing else attached
 //! dist/images.img   ext4 labelled PADDOCK_IMAGES: an image store with the system images and
 //!                   the user Docker's, copied once onto the state partition at boot (used in
-//!                   place, under a RAM overlay, without one)
+//!                   place, linked from a store in RAM, without one)
 //! dist/SHA256SUMS
 //!
 //! Every step is skipped when the hash of its inputs (package versions, the ros binary, image
@@ -35,7 +35,8 @@ use testkit::layout::sha256;
 
 use crate::{build_ros, cache_dir, sh, workspace_root};
 
-/// Where the image store lives in the initrd (a `ros` data root).
+/// Where the system image store lives in the ISO's second initrd archive and on the images
+/// disk (a `ros` data root).
 pub const STORE: &str = "/usr/share/ros/images";
 
 /// The kernel command line of the ISO (and of `cargo xtask run`).
@@ -49,6 +50,10 @@ pub const MULTICALL: &[&str] = &[
     "poweroff",
     "halt",
 ];
+
+/// Bump when what goes into which image store (the ISO's archive, the images disk) changes in
+/// a way no other input shows.
+const IMAGES_FORMAT: &str = "images-v2-disk-has-all";
 
 /// Bump when the initrd's layout changes in a way no other input shows.
 const INITRD_FORMAT: &str = "initrd-v6-split";
@@ -186,7 +191,7 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
     // System images -> an image store tree (root for `ros --root`).
     let t = Instant::now();
     let plan = images::plan()?;
-    let images_key = sha256(format!("{}{ros_hash}", plan.key()).as_bytes());
+    let images_key = sha256(format!("{IMAGES_FORMAT}{}{ros_hash}", plan.key()).as_bytes());
     let store_root = work.join("store-root");
     let disk_root = work.join("disk-store-root");
     let images_stamp = work.join("images.stamp");
@@ -260,7 +265,8 @@ pub fn build(ksrc: kernel::Source, gzip: bool) -> Result<Dist> {
 
     // ISO
     let iso = dist.join("paddock.iso");
-    let iso_key = sha256(format!("{key}{}{GRUB_MODULES:?}", grub_cfg(CMDLINE)).as_bytes());
+    let iso_key =
+        sha256(format!("{key}{}{GRUB_MODULES:?}{GRUB_FLAGS:?}", grub_cfg(CMDLINE)).as_bytes());
     let iso_stamp = work.join("iso.stamp");
     if stamp_ok(&iso_stamp, &iso_key, &[&iso]) {
         eprintln!("xtask: iso unchanged");
@@ -443,9 +449,9 @@ pub fn bench_boot() -> Result<()> {
 }
 
 /// Writes the cpio, compressed with zstd when `compress` (the kernel has RD_ZSTD): under TCG the
-/// kernel unpacks it about 0.6 s faster than gzip, and it is smaller (40 MB vs 44), which
-/// matters because the compressed and the unpacked initrd are in RAM together at boot (LZ4
-/// was faster still, but its 48 MB no longer booted with -m 256).
+/// kernel unpacks it faster than gzip, and it is smaller, which matters because the compressed
+/// and the unpacked archives are in RAM together at boot (LZ4 was faster still, but the
+/// images archive the ISO carries, 48 MB in LZ4 back then, no longer booted with -m 256).
 pub fn write_cpio(c: &cpio::Cpio, out: &Path, compress: bool) -> Result<()> {
     let tmp = out.with_extension("tmp");
     if compress {
@@ -512,6 +518,9 @@ const GRUB_MODULES: &[&str] = &[
     "part_sunpc",
 ];
 
+/// grub-mkrescue's other flags: no fonts, locales or themes, files xz-compressed.
+const GRUB_FLAGS: &[&str] = &["--fonts=", "--locales=", "--themes=", "--compress=xz"];
+
 /// A hybrid GRUB ISO (BIOS + UEFI) with the kernel and the initrd archives (concatenated).
 pub fn make_iso(
     vmlinuz: &Path,
@@ -533,7 +542,7 @@ pub fn make_iso(
         .arg("-o")
         .arg(&tmp)
         .arg(format!("--install-modules={}", GRUB_MODULES.join(" ")))
-        .args(["--fonts=", "--locales=", "--themes=", "--compress=xz"])
+        .args(GRUB_FLAGS)
         .arg(dir)
         .output()
         .context("starting grub-mkrescue")?;

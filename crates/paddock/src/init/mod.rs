@@ -14,8 +14,8 @@
 //!    `rancher.modules`, set the hostname, /etc/hosts and /etc/resolv.conf, write
 //!    `ssh_authorized_keys`, sysctls and `mounts`;
 //! 6. install the system images into the engine's store on /var/lib/system-docker: from the
-//!    images disk (`PADDOCK_IMAGES`, copied once onto the state partition, or used in place
-//!    under a RAM overlay without one), or from the image archive the ISO appends to the
+//!    images disk (`PADDOCK_IMAGES`, copied once onto the state partition, or used in place,
+//!    linked, without one), or from the image archive the ISO appends to the
 //!    initrd (moved onto the state partition, or used in place in RAM); then start the system
 //!    engine (`system-dockerd`, restarted if it dies);
 //! 7. remove last boot's system containers (createonly ones stay), bring up the system
@@ -48,14 +48,17 @@ use crate::engine::client::Client;
 use crate::engine::reaper::Reaper;
 use crate::root::Root;
 
-/// Modules every boot loads before the state mount (virtio devices, overlay, the drives
-/// cloud-init reads, the power button). What only the user Docker needs (bridge, veth,
-/// netfilter) its service loads itself; see also [`LATE_MODULES`].
+/// Modules every boot loads before the state mount (virtio devices, overlay, loop and
+/// squashfs for `mounts`, the drives cloud-init reads, the power button). What only the user
+/// Docker needs (bridge, veth, netfilter) its service loads itself.
 pub const BUILTIN_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
     "virtio_net",
+    "virtio_console",
     "overlay",
+    "loop",
+    "squashfs",
     "ata_piix",
     "sr_mod",
     "isofs",
@@ -67,11 +70,6 @@ pub const BUILTIN_MODULES: &[&str] = &[
     "button",
     "evdev",
 ];
-
-/// Modules loaded once the system services are up: nothing at boot needs them, and module
-/// loading (a signature check each) is CPU the services would wait for. There is no
-/// on-demand modprobe in the root, so `mount -o loop` in the console relies on these.
-pub const LATE_MODULES: &[&str] = &["loop", "squashfs", "virtio_console"];
 
 /// The engine's data root and socket.
 pub const DATA_ROOT: &str = "/var/lib/system-docker";
@@ -323,39 +321,27 @@ fn add_images_disk(store: &Path) -> bool {
             "images disk: {} images; {} layers and blobs copied, {} there already",
             done.images, done.moved, done.reused
         )),
-        Err(e) => log(format!("images disk: {e}")),
+        Err(e) => log(format!(
+            "images disk: copying its images onto the state partition failed, services whose \
+             images are not there will not start: {e}"
+        )),
     }
     let _ = umount2(IMAGES_MOUNT, MntFlags::MNT_DETACH);
     true
 }
 
-/// Without a state partition: the images disk's store used in place, read-only, under an
-/// overlay whose writes (pulls, the index) go to RAM. Nothing is copied.
-fn overlay_images_disk(store: &Path) -> bool {
+/// Without a state partition: the images disk stays mounted and its store is used in place
+/// (symlinks from the store in RAM, [`shipped::link_from`]). Nothing is copied.
+fn link_images_disk(store: &Path) -> bool {
     if !mount_labelled(&[IMAGES_LABEL], IMAGES_MOUNT) {
         return false;
     }
-    let (upper, work) = ("/run/paddock/images/upper", "/run/paddock/images/work");
-    for d in [upper, work] {
-        let _ = fs::create_dir_all(d);
-    }
-    let _ = fs::create_dir_all(store);
-    let opts = format!("lowerdir={IMAGES_MOUNT}/image,upperdir={upper},workdir={work}");
-    match mount(
-        Some("overlay"),
-        store,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    ) {
-        Ok(()) => log(format!(
-            "no state partition: the images disk's store is used in place on {} (changes kept in RAM)",
-            store.display()
+    match shipped::link_from(&Path::new(IMAGES_MOUNT).join("image"), store) {
+        Ok(done) => log(format!(
+            "no state partition: the images disk's store is used in place ({} images; {} layers and blobs linked)",
+            done.images, done.moved
         )),
-        Err(e) => log(format!(
-            "no state partition, and the images disk's store could not be overlaid on {}: {e}",
-            store.display()
-        )),
+        Err(e) => log(format!("images disk: using it in place failed: {e}")),
     }
     true
 }
@@ -888,6 +874,11 @@ pub fn main() -> i32 {
     ));
     // The ISO's image archive comes second: a store without its marker was cut short.
     let images_cut = Path::new(SHIPPED_IMAGES).exists() && !Path::new(IMAGES_COMPLETE).exists();
+    if images_cut {
+        // A half-unpacked layer must never be installed: its name says it is complete. The
+        // images disk, if attached, stands in for it.
+        let _ = fs::remove_dir_all(SHIPPED_IMAGES);
+    }
     for (marker, missing) in [
         (INITRD_COMPLETE, !Path::new(INITRD_COMPLETE).exists()),
         (IMAGES_COMPLETE, images_cut),
@@ -928,9 +919,13 @@ pub fn main() -> i32 {
         let found = if on_state {
             add_images_disk(&store)
         } else {
-            overlay_images_disk(&store)
+            link_images_disk(&store)
         };
-        if !found {
+        if !found && store.join("images.json").is_file() {
+            log(format!(
+                "no images disk (label {IMAGES_LABEL}): using the images on the state partition"
+            ));
+        } else if !found {
             log(format!(
                 "no system images: the initrd ships none and no images disk (label \
                  {IMAGES_LABEL}) was found; attach dist/images.img or boot the ISO"
@@ -957,10 +952,11 @@ pub fn main() -> i32 {
         if !installed && let Err(e) = bind(&shipped, &store) {
             log(e);
         }
+        // The images disk adds what the ISO does not ship (the user Docker's image).
         if installed {
             add_images_disk(&store);
         } else {
-            log("no state partition for the images disk's images: they are not copied into RAM");
+            link_images_disk(&store);
         }
     }
     let engine = EngineProc {
@@ -975,7 +971,6 @@ pub fn main() -> i32 {
     fresh_system_containers();
     let code = ros(&reaper, &["service", "up", "--progress"]);
     log(format!("system services up (ros service up exit {code})"));
-    load_modules(LATE_MODULES.iter().copied());
     cloud_init_execute(&cfg);
     log("boot finished");
 

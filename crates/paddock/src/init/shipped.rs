@@ -1,10 +1,11 @@
-//! The image store the initrd ships, installed onto the state partition.
+//! Shipped image stores installed into the engine's store.
 //!
-//! The initrd carries the default system images as a ready image store (unpacked layers, used
-//! in place). With a state partition, init moves what the partition's store lacks into it and
-//! frees the rest, so the images no longer hold RAM: a layer or blob the store has already
-//! (same digest, so the same content) is only deleted from RAM, which makes every boot after the
-//! first cheap. Images pulled into the system engine earlier stay; a shipped name (say
+//! Images reach a machine as ready image stores (unpacked layers, blobs, an index): the images
+//! disk (every image), and on the ISO a second initrd archive (the system images, in RAM).
+//! With a state partition, init moves or copies what the partition's store lacks into it, so
+//! the images no longer hold RAM: a layer or blob the store has already (same digest, so the
+//! same content) is only deleted from RAM, which makes every boot after the first cheap.
+//! Without one, [`link_from`] uses the images disk in place. Images pulled into the system engine earlier stay; a shipped name (say
 //! `paddock/console:0.1.0` after an OS upgrade) moves to the shipped image.
 //!
 //! Crash safety: new layers and blobs are copied under the store's `tmp/`, synced, then renamed
@@ -44,6 +45,43 @@ pub fn install(shipped: &Path, store: &Path) -> Result<Installed, String> {
 /// Copies the store at `from` (read-only: an images disk) into `store`, adding what it lacks.
 pub fn add_from(from: &Path, store: &Path) -> Result<Installed, String> {
     transfer(from, store, true)
+}
+
+/// Uses the store at `from` (a mounted images disk) in place: `store` (in RAM) gets symlinks to
+/// the layers and blobs it lacks, and the index merged. The store stays a real directory, so
+/// what the engine pulls later is unpacked on the RAM filesystem (overlayfs whiteouts and
+/// opaque directories cannot be made through an overlay).
+pub fn link_from(from: &Path, store: &Path) -> Result<Installed, String> {
+    for sub in ["blobs/sha256", "layers", "tmp"] {
+        let d = store.join(sub);
+        fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
+    }
+    let store_index = read_index(&store.join("images.json"))?;
+    let from_index = read_index(&from.join("images.json"))?;
+    let mut done = Installed::default();
+    for sub in ["blobs/sha256", "layers"] {
+        let Ok(rd) = fs::read_dir(from.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let target = store.join(sub).join(e.file_name());
+            if fs::symlink_metadata(&target).is_ok() {
+                done.reused += 1;
+                continue;
+            }
+            std::os::unix::fs::symlink(e.path(), &target).map_err(|e| err(target.display(), e))?;
+            done.moved += 1;
+        }
+    }
+    let index = merge_index(&store_index, &from_index);
+    done.images = index
+        .get("images")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len());
+    let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
+    crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
+        .map_err(|e| err(store.join("images.json").display(), e))?;
+    Ok(done)
 }
 
 fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, String> {
@@ -312,6 +350,36 @@ mod tests {
             idx["images"]["sha256:pulled"]["names"],
             json!(["docker.io/library/alpine:3"])
         );
+    }
+
+    #[test]
+    fn an_images_disk_is_linked_in_place_without_copying() {
+        let d = tempfile::tempdir().unwrap();
+        let (disk, store) = (d.path().join("disk"), d.path().join("ram"));
+        shipped_store(&disk, "d1");
+        let done = link_from(&disk, &store).unwrap();
+        assert_eq!(
+            done,
+            Installed {
+                moved: 2,
+                reused: 0,
+                images: 1
+            }
+        );
+        let layer = store.join("layers/aaa");
+        assert!(fs::symlink_metadata(&layer).unwrap().is_symlink());
+        assert_eq!(fs::read_link(&layer).unwrap(), disk.join("layers/aaa"));
+        assert_eq!(
+            fs::read(store.join("layers/aaa/fs/bin/sh")).unwrap(),
+            b"busybox"
+        );
+        assert!(store.join("images.json").is_file() && store.join("tmp").is_dir());
+        assert!(
+            !fs::symlink_metadata(store.join("images.json"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(link_from(&disk, &store).unwrap().moved, 0);
     }
 
     #[test]
