@@ -158,6 +158,15 @@ fn images_reused_all(vm: &qemu::Vm) -> bool {
         .any(|(_, l)| l.contains("images disk: ") && l.contains("; 0 layers and blobs copied"))
 }
 
+/// `du -sm` of a guest path, in MB (links not followed).
+fn du_mb(ssh: &Ssh, path: &str) -> Result<u32> {
+    let out = ssh.ok(&format!("sudo du -sm {path}"))?;
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("du -sm {path}: {out:?}"))
+}
+
 fn console_tail(vm: &qemu::Vm) {
     eprintln!("--- console log ({}) ---", vm.log.display());
     for (t, l) in vm.lines().iter().rev().take(80).rev() {
@@ -496,14 +505,8 @@ fn ram_only(dir: &Path, key: &Path, pubkey: &str, boot: Boot, dist: &Dist) -> Re
                 links.trim().parse::<u32>().is_ok_and(|n| n > 0),
                 "the image store's layers are not links to the images disk: {links}"
             );
-            let du = ssh.ok(&format!("sudo du -sm {store}"))?;
-            ensure!(
-                matches!(
-                    du.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
-                    Some(n) if n < 2
-                ),
-                "the image store in RAM holds {du}"
-            );
+            let mb = du_mb(&ssh, store)?;
+            ensure!(mb < 2, "the image store in RAM holds {mb} MB");
             // Modules: loop and squashfs by init, the user Docker's by its service.
             vm.wait_for("paddock: boot finished", Duration::from_secs(120))?;
             for m in ["loop", "squashfs", "bridge", "br_netfilter", "veth"] {
@@ -916,14 +919,8 @@ fn lifecycle(
                 "the second boot copied the images disk's images again"
             );
             // The initrd carries no images: nothing of them is in RAM.
-            let df = ssh.ok("sudo du -sm /usr/share/ros")?;
-            ensure!(
-                matches!(
-                    df.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()),
-                    Some(n) if n < 2
-                ),
-                "images take RAM in /usr/share/ros: {df}"
-            );
+            let mb = du_mb(&ssh, "/usr/share/ros")?;
+            ensure!(mb < 2, "images take RAM in /usr/share/ros: {mb} MB");
             Ok(())
         })(),
     )?;

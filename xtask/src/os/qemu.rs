@@ -604,22 +604,17 @@ impl Ssh {
         let t0 = Instant::now();
         let mut last = String::new();
         while t0.elapsed() < timeout {
-            if !self.banner() {
-                if vm.exited() {
-                    bail!("qemu exited before sshd answered");
+            if self.banner() {
+                match self.run("true") {
+                    Ok(o) if o.status.success() => return Ok(vm.start.elapsed().as_secs_f64()),
+                    Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                    Err(e) => last = format!("{e:#}"),
                 }
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            match self.run("true") {
-                Ok(o) if o.status.success() => return Ok(vm.start.elapsed().as_secs_f64()),
-                Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                Err(e) => last = format!("{e:#}"),
             }
             if vm.exited() {
                 bail!("qemu exited before ssh answered: {last}");
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         }
         bail!(
             "ssh to rancher@127.0.0.1:{} not ready within {timeout:?}: {last}",

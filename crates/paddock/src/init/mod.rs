@@ -310,38 +310,35 @@ pub const IMAGES_LABEL: &str = "PADDOCK_IMAGES";
 /// Where init mounts it.
 const IMAGES_MOUNT: &str = "/media/images";
 
-/// Copies what the images disk has and the store lacks into the store (once: later boots find
-/// every layer there already). Returns whether there was an images disk.
-fn add_images_disk(store: &Path) -> bool {
+/// Adds what the images disk has and `store` lacks. With `copy` (a store on the state
+/// partition) it is copied once (later boots find every layer there already) and the disk
+/// unmounted; without, the disk stays mounted and is used in place (symlinks from the store in
+/// RAM, [`shipped::link_from`]). Returns whether there was an images disk.
+fn use_images_disk(store: &Path, copy: bool) -> bool {
     if !mount_labelled(&[IMAGES_LABEL], IMAGES_MOUNT) {
         return false;
     }
-    match shipped::add_from(&Path::new(IMAGES_MOUNT).join("image"), store) {
-        Ok(done) => log(format!(
-            "images disk: {} images; {} layers and blobs copied, {} there already",
-            done.images, done.moved, done.reused
-        )),
-        Err(e) => log(format!(
-            "images disk: copying its images onto the state partition failed, services whose \
-             images are not there will not start: {e}"
-        )),
-    }
-    let _ = umount2(IMAGES_MOUNT, MntFlags::MNT_DETACH);
-    true
-}
-
-/// Without a state partition: the images disk stays mounted and its store is used in place
-/// (symlinks from the store in RAM, [`shipped::link_from`]). Nothing is copied.
-fn link_images_disk(store: &Path) -> bool {
-    if !mount_labelled(&[IMAGES_LABEL], IMAGES_MOUNT) {
-        return false;
-    }
-    match shipped::link_from(&Path::new(IMAGES_MOUNT).join("image"), store) {
-        Ok(done) => log(format!(
-            "no state partition: the images disk's store is used in place ({} images; {} layers and blobs linked)",
-            done.images, done.moved
-        )),
-        Err(e) => log(format!("images disk: using it in place failed: {e}")),
+    let disk = Path::new(IMAGES_MOUNT).join("image");
+    if copy {
+        match shipped::add_from(&disk, store) {
+            Ok(done) => log(format!(
+                "images disk: {} images; {} layers and blobs copied, {} there already",
+                done.images, done.moved, done.reused
+            )),
+            Err(e) => log(format!(
+                "images disk: copying its images onto the state partition failed, services \
+                 whose images are not there will not start: {e}"
+            )),
+        }
+        let _ = umount2(IMAGES_MOUNT, MntFlags::MNT_DETACH);
+    } else {
+        match shipped::link_from(&disk, store) {
+            Ok(done) => log(format!(
+                "no state partition: the images disk's store is used in place ({} images; {} layers and blobs linked)",
+                done.images, done.moved
+            )),
+            Err(e) => log(format!("images disk: using it in place failed: {e}")),
+        }
     }
     true
 }
@@ -916,11 +913,7 @@ pub fn main() -> i32 {
     let store = Path::new(DATA_ROOT).join("image");
     let shipped = Path::new(SHIPPED_IMAGES).join("image");
     if !shipped.is_dir() {
-        let found = if on_state {
-            add_images_disk(&store)
-        } else {
-            link_images_disk(&store)
-        };
+        let found = use_images_disk(&store, on_state);
         if !found && store.join("images.json").is_file() {
             log(format!(
                 "no images disk (label {IMAGES_LABEL}): using the images on the state partition"
@@ -953,11 +946,7 @@ pub fn main() -> i32 {
             log(e);
         }
         // The images disk adds what the ISO does not ship (the user Docker's image).
-        if installed {
-            add_images_disk(&store);
-        } else {
-            link_images_disk(&store);
-        }
+        use_images_disk(&store, installed);
     }
     let engine = EngineProc {
         reaper: reaper.clone(),

@@ -5,8 +5,9 @@
 //! With a state partition, init moves or copies what the partition's store lacks into it, so
 //! the images no longer hold RAM: a layer or blob the store has already (same digest, so the
 //! same content) is only deleted from RAM, which makes every boot after the first cheap.
-//! Without one, [`link_from`] uses the images disk in place. Images pulled into the system engine earlier stay; a shipped name (say
-//! `paddock/console:0.1.0` after an OS upgrade) moves to the shipped image.
+//! Without one, [`link_from`] uses the images disk in place. Images pulled into the system
+//! engine earlier stay; a shipped name (say `paddock/console:0.1.0` after an OS upgrade) moves
+//! to the shipped image.
 //!
 //! Crash safety: new layers and blobs are copied under the store's `tmp/`, synced, then renamed
 //! into place, and `images.json` is written atomically last, so an interrupted install leaves
@@ -52,12 +53,7 @@ pub fn add_from(from: &Path, store: &Path) -> Result<Installed, String> {
 /// what the engine pulls later is unpacked on the RAM filesystem (overlayfs whiteouts and
 /// opaque directories cannot be made through an overlay).
 pub fn link_from(from: &Path, store: &Path) -> Result<Installed, String> {
-    for sub in ["blobs/sha256", "layers", "tmp"] {
-        let d = store.join(sub);
-        fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
-    }
-    let store_index = read_index(&store.join("images.json"))?;
-    let from_index = read_index(&from.join("images.json"))?;
+    let (store_index, from_index) = prepare(from, store)?;
     let mut done = Installed::default();
     for sub in ["blobs/sha256", "layers"] {
         let Ok(rd) = fs::read_dir(from.join(sub)) else {
@@ -73,28 +69,41 @@ pub fn link_from(from: &Path, store: &Path) -> Result<Installed, String> {
             done.moved += 1;
         }
     }
-    let index = merge_index(&store_index, &from_index);
-    done.images = index
-        .get("images")
-        .and_then(Value::as_object)
-        .map_or(0, |m| m.len());
+    done.images = write_merged_index(store, &store_index, &from_index)?;
+    Ok(done)
+}
+
+/// Creates the store's directories and reads both indexes, before anything is changed.
+fn prepare(from: &Path, store: &Path) -> Result<(Value, Value), String> {
+    for sub in ["blobs/sha256", "layers", "tmp"] {
+        let d = store.join(sub);
+        fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
+    }
+    Ok((
+        read_index(&store.join("images.json"))?,
+        read_index(&from.join("images.json"))?,
+    ))
+}
+
+/// Writes the store's index with `from`'s images merged in (atomically, last); returns how
+/// many images it names.
+fn write_merged_index(store: &Path, store_index: &Value, from: &Value) -> Result<usize, String> {
+    let index = merge_index(store_index, from);
     let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
     crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
         .map_err(|e| err(store.join("images.json").display(), e))?;
-    Ok(done)
+    Ok(index
+        .get("images")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len()))
 }
 
 fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, String> {
     let dev = fs::metadata(shipped)
         .map_err(|e| err(shipped.display(), e))?
         .dev();
-    for sub in ["blobs/sha256", "layers", "tmp"] {
-        let d = store.join(sub);
-        fs::create_dir_all(&d).map_err(|e| err(d.display(), e))?;
-    }
     // Everything that can refuse, before anything is copied.
-    let store_index = read_index(&store.join("images.json"))?;
-    let shipped_index = read_index(&shipped.join("images.json"))?;
+    let (store_index, shipped_index) = prepare(shipped, store)?;
     let tmp = store.join("tmp");
     let mut done = Installed::default();
     // (source, staged path, final path) of what the store lacks.
@@ -165,14 +174,7 @@ fn transfer(shipped: &Path, store: &Path, keep: bool) -> Result<Installed, Strin
         }
         done.moved += 1;
     }
-    let index = merge_index(&store_index, &shipped_index);
-    done.images = index
-        .get("images")
-        .and_then(Value::as_object)
-        .map_or(0, |m| m.len());
-    let bytes = serde_json::to_vec_pretty(&index).map_err(|e| err("images.json", e))?;
-    crate::fsutil::write_atomic(&store.join("images.json"), &bytes, 0o644)
-        .map_err(|e| err(store.join("images.json").display(), e))?;
+    done.images = write_merged_index(store, &store_index, &shipped_index)?;
     // Only now, with the images named in the store, does the source go.
     if !keep {
         fs::remove_dir_all(shipped).map_err(|e| err(shipped.display(), e))?;
